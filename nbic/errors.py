@@ -1,0 +1,45 @@
+"""One exception tree: the CLI turns any NbicError into one clear line."""
+
+
+class NbicError(Exception):
+    """Base of every error nbic reports to its user."""
+
+
+class UsageError(NbicError):
+    """The user asked for something that cannot work as asked."""
+
+
+class FormatError(NbicError):
+    """Malformed archive or image input; the message names the byte offset."""
+
+    def __init__(self, message: str, offset: int | None = None):
+        self.offset = offset
+        super().__init__(f"{message} (at byte {offset})" if offset is not None else message)
+
+
+class CompressionError(FormatError):
+    """A compressed segment could not be decoded, or a setting is not kernel-safe."""
+
+
+class FieldOverflowError(NbicError):
+    """An entry's value does not fit the newc header (size over 4 GiB, huge ids)."""
+
+
+class SpecError(NbicError):
+    """A gen_init_cpio spec list line could not be parsed."""
+
+
+class RootfsError(NbicError):
+    """The reference root filesystem is missing, unreadable or lacks what is asked."""
+
+
+class MissingFileError(RootfsError):
+    """A listed path does not exist in the rootfs (an error only with --strict)."""
+
+
+class UnsafePathError(NbicError):
+    """An archive entry would be written outside the target, or through a symlink."""
+
+
+class BootError(NbicError):
+    """QEMU could not be started, or the boot check could not be judged."""
