@@ -1,0 +1,187 @@
+"""The kernel's cpio "newc" format (magic 070701; 070702 carries a checksum).
+
+A header is 110 ASCII bytes: the magic and 13 fields of 8 hex digits. The
+name (NUL-terminated) and the data are each padded to a multiple of 4 bytes
+from the start of the archive; "TRAILER!!!" ends an archive, which is then
+padded to 512 bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import BinaryIO
+
+from nbic.cpio.entry import MAX_FIELD, Entry, FileType, decode_name, encode_name
+from nbic.cpio.source import CHUNK, ByteSource
+from nbic.errors import FieldOverflowError, FormatError
+
+MAGIC_NEWC = b"070701"
+MAGIC_CRC = b"070702"
+MAGIC_ODC = b"070707"
+HEADER_SIZE = 110
+TRAILER = "TRAILER!!!"
+BLOCK = 512
+PATH_MAX = 4096  # the kernel refuses longer names
+_FIELDS = struct.Struct(">13I")
+
+
+def _pad(offset: int, align: int = 4) -> int:
+    return -offset % align
+
+
+def encode_header(entry: Entry, *, namesize: int, check: int = 0, magic: bytes = MAGIC_NEWC
+                  ) -> bytes:
+    values = (entry.ino, entry.mode, entry.uid, entry.gid, entry.nlink, entry.mtime,
+              entry.size, entry.devmajor, entry.devminor, entry.rdevmajor, entry.rdevminor,
+              namesize, check)
+    for label, value in zip(_FIELD_NAMES, values, strict=True):
+        if not 0 <= value <= MAX_FIELD:
+            what = "file over 4 GiB" if label == "size" else f"{label} {value} out of range"
+            raise FieldOverflowError(f"{entry.path}: {what}; the newc format holds 32 bits")
+    return magic + _FIELDS.pack(*values).hex().upper().encode("ascii")
+
+
+_FIELD_NAMES = ("inode", "mode", "uid", "gid", "nlink", "mtime", "size", "devmajor",
+                "devminor", "rdevmajor", "rdevminor", "namesize", "check")
+
+
+class NewcWriter:
+    """Writes entries exactly as given; ordering and inode numbers are the
+    caller's (see archive.write_archive). `close()` writes the trailer."""
+
+    def __init__(self, out: BinaryIO):
+        self._out = out
+        self._offset = 0
+
+    def _write(self, data: bytes) -> None:
+        self._out.write(data)
+        self._offset += len(data)
+
+    def add(self, entry: Entry, data: BinaryIO | None = None) -> None:
+        name = encode_name(entry.name)
+        if len(name) >= PATH_MAX:
+            raise FieldOverflowError(f"{entry.path}: name longer than the kernel's PATH_MAX")
+        if b"\0" in name:
+            raise FieldOverflowError(f"{entry.path!r}: NUL byte in name")
+        body = b""
+        if entry.type is FileType.SYMLINK:
+            body = encode_name(entry.linkname)
+            entry = replace(entry, size=len(body))
+        elif entry.type is not FileType.FILE and entry.size:
+            entry = replace(entry, size=0)
+        header = encode_header(entry, namesize=len(name) + 1)
+        head = header + name + b"\0"
+        self._write(head + b"\0" * _pad(self._offset + len(head)))
+        if body:
+            self._write(body)
+        elif entry.size:
+            if data is None:
+                raise FormatError(f"{entry.path}: no data source for a {entry.size}-byte file")
+            self._copy(entry, data)
+        self._write(b"\0" * _pad(self._offset))
+
+    def _copy(self, entry: Entry, data: BinaryIO) -> None:
+        remaining = entry.size
+        while remaining:
+            chunk = data.read(min(remaining, CHUNK))
+            if not chunk:
+                raise FormatError(f"{entry.path}: file shrank while being packed "
+                                  f"({entry.size - remaining} of {entry.size} bytes)")
+            self._write(chunk)
+            remaining -= len(chunk)
+        if data.read(1):
+            raise FormatError(f"{entry.path}: file grew while being packed (past {entry.size} bytes)")
+
+    def close(self) -> None:
+        self.add(Entry(TRAILER, FileType.FILE, perm=0, nlink=1))
+        self._write(b"\0" * _pad(self._offset, BLOCK))
+
+
+class ArchiveReader:
+    """Yields the entries of one cpio archive (up to its trailer) from `source`.
+
+    Like tarfile's stream mode, an entry's data can be read only until the
+    next entry is requested; unread data is skipped, by seeking where possible.
+    Symlink targets are read eagerly into `linkname`.
+    """
+
+    def __init__(self, source: ByteSource, index: int = 0):
+        self._source = source
+        self._index = index
+        self._start = source.offset
+        self._remaining = 0
+        self._data_end_pad = 0
+
+    def _finish_entry(self) -> None:
+        if self._remaining:
+            self._source.skip(self._remaining, "cpio file data")
+        self._remaining = 0
+        if self._data_end_pad:
+            self._source.skip(self._data_end_pad, "cpio padding")
+            self._data_end_pad = 0
+
+    def read(self, size: int = -1) -> bytes:
+        """Read the current entry's data (all of what is left when size < 0)."""
+        if size < 0 or size > self._remaining:
+            size = self._remaining
+        data = self._source.read_exact(size, "cpio file data")
+        self._remaining -= size
+        return data
+
+    def chunks(self) -> Iterator[bytes]:
+        while self._remaining:
+            start = self._source.offset
+            chunk = self._source.read_some(min(self._remaining, CHUNK))
+            if not chunk:
+                raise FormatError(f"truncated cpio file data at {self._source.location(start)}",
+                                  start)
+            self._remaining -= len(chunk)
+            yield chunk
+
+    def __iter__(self) -> Iterator[Entry]:
+        source = self._source
+        while True:
+            self._finish_entry()
+            offset = source.offset
+            raw = source.read_exact(HEADER_SIZE, "cpio header")
+            magic = raw[:6]
+            if magic not in (MAGIC_NEWC, MAGIC_CRC):
+                if magic == MAGIC_ODC:
+                    raise FormatError("old portable (odc, 070707) cpio is not read: the kernel "
+                                      f"accepts only newc, at {source.location(offset)}", offset)
+                raise FormatError(f"bad cpio magic {magic!r} at {source.location(offset)}",
+                                  offset)
+            try:
+                packed = bytes.fromhex(raw[6:].decode("ascii"))
+                fields = _FIELDS.unpack(packed)
+            except (ValueError, UnicodeDecodeError, struct.error):
+                raise FormatError(f"non-hex field in cpio header at {source.location(offset)}",
+                                  offset) from None
+            (ino, mode, uid, gid, nlink, mtime, size, devmajor, devminor, rdevmajor,
+             rdevminor, namesize, _check) = fields
+            if not 1 <= namesize <= PATH_MAX + 1:
+                raise FormatError(f"absurd cpio namesize {namesize} at "
+                                  f"{source.location(offset)}", offset)
+            raw_name = source.read_exact(namesize, "cpio name")
+            name = decode_name(raw_name.split(b"\0", 1)[0])
+            source.skip(_pad(source.offset - self._start), "cpio name padding")
+            if name == TRAILER:
+                return
+            try:
+                file_type = FileType.from_mode(mode)
+            except ValueError:
+                raise FormatError(f"unknown file type in mode {mode:o} of {name!r} at "
+                                  f"{source.location(offset)}", offset) from None
+            self._remaining = size
+            linkname = ""
+            if file_type is FileType.SYMLINK:
+                linkname = decode_name(self.read(size).split(b"\0", 1)[0])
+            self._data_end_pad = _pad(source.offset + self._remaining - self._start)
+            yield Entry(name=name, type=file_type, perm=mode & 0o7777, uid=uid, gid=gid,
+                        mtime=mtime, size=size, linkname=linkname, rdevmajor=rdevmajor,
+                        rdevminor=rdevminor, nlink=nlink, ino=ino, devmajor=devmajor,
+                        devminor=devminor, link_key=(self._index, devmajor, devminor, ino)
+                        if nlink > 1 and file_type is FileType.FILE else None,
+                        archive=self._index, offset=offset)

@@ -1,0 +1,46 @@
+"""Output files appear whole or not at all: written to a temporary name in the
+target directory and renamed into place only when complete."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from nbic.errors import NbicError
+
+
+@contextmanager
+def atomic_output(path: str | Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """A file to write `path` through; "-" writes to standard output."""
+    if str(path) == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise NbicError(f"output {target} is a directory")
+    try:
+        fd, temp_name = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.",
+                                         suffix=".tmp")
+    except OSError as exc:
+        raise NbicError(f"cannot write to {target.parent}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as stream:
+            yield stream
+        os.chmod(temp_name, mode & ~_umask())
+        os.replace(temp_name, target)
+    except BaseException:
+        # Whatever went wrong, including Ctrl-C, leaves no partial output.
+        os.unlink(temp_name)
+        raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
