@@ -1,0 +1,344 @@
+"""Boot an initramfs in QEMU and judge it by what the serial console shows.
+
+QEMU's exit status says nothing about the guest: with ``panic=-1`` and
+``-no-reboot`` a kernel panic ends QEMU with status 0, exactly like a clean
+run. So the verdict comes only from the console text, read incrementally
+while the guest runs, and QEMU is killed as soon as the verdict is certain.
+
+Verdict rules, first decisive event wins:
+
+* FAILED: the kernel reports ``Initramfs unpacking failed: <why>``,
+  ``Failed to execute /init``, ``No working init found``, or any kernel
+  panic other than the normal end of an exiting /init; or /init exits
+  non-zero (``Attempted to kill init! exitcode=0x...``); or /init exits 0
+  (or powers the machine off) before every expected marker appeared.
+* PASSED: every ``expect`` marker appeared. QEMU then keeps running for a
+  short settle period so that /init's exit status can still be seen (and a
+  non-zero exit or a panic right after the markers still fails). With no
+  markers: /init ran and exited 0 (or powered the machine off).
+* TIMED_OUT: none of that within ``timeout`` seconds of wall time.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import enum
+import os
+import re
+import selectors
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nbic.errors import BootError
+
+# After the last marker, how long to wait for /init to exit before passing
+# anyway: an init that prints its marker and then exits is seen within
+# milliseconds, while one that keeps running (a shell) would otherwise make
+# every boot last until the timeout.
+SETTLE_SECONDS = 3.0
+
+_READ_SIZE = 1 << 16
+
+# Kernel messages, matched anywhere in a line (printk prefixes a timestamp).
+_RUN_INIT = re.compile(r"Run (\S+) as init process")
+_UNPACK_FAILED = re.compile(r"Initramfs unpacking failed: *(.*)")
+_EXEC_FAILED = re.compile(r"Failed to execute (\S+)(?: \(error (-?\d+)\))?")
+_NO_INIT = re.compile(r"No working init found.*")
+_KILL_INIT = re.compile(r"Attempted to kill init! exitcode=(0x[0-9a-fA-F]+)")
+_PANIC = re.compile(r"Kernel panic - not syncing: *(.*)")
+_POWER_OFF = re.compile(r"reboot: (Power down|System halted)")
+# The kernel echoes its command line; a marker there is not the guest's doing.
+_CMDLINE_ECHO = re.compile(r"(Kernel command line|Command line):")
+# Terminal control sequences (SeaBIOS clears the screen, for one): noise.
+_ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
+
+
+class BootOutcome(enum.Enum):
+    PASSED = "passed"
+    FAILED = "failed"
+    TIMED_OUT = "timed out"
+
+
+@dataclass(frozen=True)
+class BootConfig:
+    kernel: Path
+    append: str = ""  # extra kernel command line
+    memory_mb: int = 512
+    timeout: float = 120.0  # seconds of wall time before giving up
+    expect: tuple[str, ...] = ()  # markers that must all appear on the console
+    qemu: str = "qemu-system-x86_64"
+
+
+@dataclass(frozen=True)
+class BootResult:
+    outcome: BootOutcome
+    reason: str  # one line: what passed / which kernel failure / what was missing
+    console: str  # full serial console text (CR and terminal escapes removed)
+    seconds: float
+    init_exit: int | None  # /init's exit status, if the kernel reported it
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome is BootOutcome.PASSED
+
+    def tail(self, lines: int = 30) -> str:
+        """The last ``lines`` lines of the console."""
+        return "\n".join(self.console.rstrip("\n").splitlines()[-lines:])
+
+
+def qemu_command(image: Path, config: BootConfig) -> list[str]:
+    """The QEMU command line for ``boot`` (TCG: no KVM is assumed)."""
+    append = "console=ttyS0 panic=-1"
+    if config.append.strip():
+        append += " " + config.append.strip()
+    # The default TCG CPU (qemu64) measured as fast as -cpu max here, and
+    # Debian's userland needs no more than baseline x86-64.
+    return [
+        config.qemu,
+        "-machine", "pc",
+        "-m", str(config.memory_mb),
+        "-nographic",
+        "-no-reboot",
+        "-kernel", str(config.kernel),
+        "-initrd", str(image),
+        "-append", append,
+    ]  # fmt: skip
+
+
+def _decode_exit(code: str) -> tuple[int, str]:
+    """The kernel prints /init's raw wait status; return (exit, description).
+
+    A signal death is reported shell-style as 128 + signal number.
+    """
+    status = int(code, 16)
+    signal = status & 0x7F
+    if signal:
+        return 128 + signal, f"/init was killed by signal {signal}"
+    exit_code = (status >> 8) & 0xFF
+    return exit_code, f"/init exited with status {exit_code}"
+
+
+class _Judge:
+    """Follows the console line by line and knows when the verdict is certain."""
+
+    def __init__(self, expect: tuple[str, ...]):
+        self.expect = expect
+        self.seen: set[str] = set()
+        self.chunks: list[str] = []
+        self.partial = ""  # text after the last newline
+        self.init_ran: str | None = None
+        self.init_exit: int | None = None
+        self.init_end: str | None = None  # how /init ended, in words
+        self.failure: str | None = None
+
+    @property
+    def console(self) -> str:
+        return "".join(self.chunks) + self.partial
+
+    @property
+    def missing(self) -> list[str]:
+        return [m for m in self.expect if m not in self.seen]
+
+    def feed(self, text: str) -> None:
+        text = self.partial + text.replace("\r", "")
+        *lines, self.partial = text.split("\n")
+        for line in lines:
+            line = _ANSI.sub("", line)
+            self.chunks.append(line + "\n")
+            self._line(line)
+        # A marker may sit on a line the guest has not ended yet.
+        self._markers(_ANSI.sub("", self.partial))
+
+    def finish(self) -> None:
+        """QEMU is gone: judge the last, unterminated line too."""
+        if self.partial:
+            line, self.partial = _ANSI.sub("", self.partial), ""
+            self.chunks.append(line)
+            self._line(line)
+
+    def _markers(self, line: str) -> None:
+        if not _CMDLINE_ECHO.search(line):
+            self.seen.update(m for m in self.missing if m in line)
+
+    def _line(self, line: str) -> None:
+        self._markers(line)
+        if self.failure is not None or self.init_end is not None:
+            return  # the first decisive event stands
+        if m := _RUN_INIT.search(line):
+            self.init_ran = m.group(1)
+        elif m := _UNPACK_FAILED.search(line):
+            self.failure = f"Initramfs unpacking failed: {m.group(1).strip()}"
+        elif (m := _EXEC_FAILED.search(line)) or (m := _NO_INIT.search(line)):
+            self.failure = m.group(0).strip()
+        elif m := _KILL_INIT.search(line):
+            self.init_exit, self.init_end = _decode_exit(m.group(1))
+        elif m := _PANIC.search(line):
+            what = m.group(1).strip()
+            # Say so when no /init ever ran: that is the usual root cause.
+            self.failure = f"Kernel panic: {what}" + (
+                "" if self.init_ran else " (no /init was run)"
+            )
+        elif _POWER_OFF.search(line) and self.init_ran:
+            self.init_end = "/init powered the machine off"
+
+    def verdict(self) -> tuple[BootOutcome, str] | None:
+        """The certain verdict so far, or None while it is still open."""
+        if self.failure is not None:
+            return BootOutcome.FAILED, self.failure
+        if self.init_end is None:
+            return None
+        if self.init_exit:
+            return BootOutcome.FAILED, self.init_end
+        if self.missing:
+            return BootOutcome.FAILED, f"{self.init_end}; {_missing_text(self.missing)}"
+        return BootOutcome.PASSED, self.passed_reason()
+
+    def markers_done(self) -> bool:
+        return bool(self.expect) and not self.missing
+
+    def passed_reason(self) -> str:
+        if self.expect:
+            return f"all {len(self.expect)} marker(s) seen: " + ", ".join(
+                repr(m) for m in self.expect
+            )
+        return f"{self.init_end or self.init_ran}"
+
+
+def _missing_text(missing: list[str]) -> str:
+    return "marker(s) never appeared: " + ", ".join(repr(m) for m in missing)
+
+
+def _check_inputs(image: Path, config: BootConfig) -> None:
+    if shutil.which(config.qemu) is None:
+        raise BootError(
+            f"QEMU not found: {config.qemu!r} is not an executable on PATH"
+            " (Debian: apt-get install qemu-system-x86)"
+        )
+    if not Path(config.kernel).is_file():
+        raise BootError(f"kernel not found: {config.kernel} is not a file")
+    if not Path(image).is_file():
+        raise BootError(f"image not found: {image} is not a file")
+
+
+def boot(image: Path, config: BootConfig) -> BootResult:
+    """Boot ``image`` as the initrd of ``config.kernel`` and judge the console.
+
+    Raises BootError when QEMU, the kernel or the image is missing, or when
+    QEMU itself fails (non-zero exit before any verdict).
+    """
+    _check_inputs(image, config)
+    judge = _Judge(tuple(config.expect))
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    stderr: list[bytes] = []
+    start = time.monotonic()
+    deadline = start + config.timeout
+    settle_until: float | None = None
+    verdict: tuple[BootOutcome, str] | None = None
+    try:
+        # stdin from /dev/null: QEMU must never put our terminal in raw mode.
+        proc = subprocess.Popen(
+            qemu_command(image, config),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except OSError as exc:
+        raise BootError(f"could not start {config.qemu}: {exc}") from exc
+    try:
+        with selectors.DefaultSelector() as sel:
+            assert proc.stdout is not None and proc.stderr is not None
+            sel.register(proc.stdout, selectors.EVENT_READ, "console")
+            sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+            while verdict is None:
+                if settle_until is None and judge.markers_done():
+                    settle_until = min(time.monotonic() + SETTLE_SECONDS, deadline)
+                now = time.monotonic()
+                if settle_until is not None and now >= settle_until:
+                    verdict = BootOutcome.PASSED, judge.passed_reason()
+                    break
+                if now >= deadline:
+                    verdict = BootOutcome.TIMED_OUT, _timeout_reason(judge, config)
+                    break
+                if not sel.get_map():  # both pipes at EOF: QEMU has exited
+                    judge.feed(decoder.decode(b"", final=True))
+                    judge.finish()
+                    verdict = judge.verdict() or _exit_verdict(judge, proc, stderr, config.qemu)
+                    break
+                wake = settle_until if settle_until is not None else deadline
+                for key, _ in sel.select(timeout=max(0.0, wake - now)):
+                    data = os.read(key.fd, _READ_SIZE)
+                    if not data:
+                        sel.unregister(key.fileobj)
+                    elif key.data == "console":
+                        judge.feed(decoder.decode(data))
+                    else:
+                        stderr.append(data)
+                verdict = judge.verdict()
+        seconds = time.monotonic() - start
+    finally:
+        _reap(proc)
+    outcome, reason = verdict
+    return BootResult(
+        outcome=outcome,
+        reason=reason,
+        console=judge.console,
+        seconds=seconds,
+        init_exit=judge.init_exit,
+    )
+
+
+def _timeout_reason(judge: _Judge, config: BootConfig) -> str:
+    if judge.missing:
+        what = _missing_text(judge.missing)
+    elif judge.init_ran:
+        what = f"{judge.init_ran} did not exit"
+    else:
+        what = "no init was run"
+    return f"no verdict after {config.timeout:g}s: {what}"
+
+
+def _exit_verdict(
+    judge: _Judge, proc: subprocess.Popen[bytes], stderr: list[bytes], qemu: str
+) -> tuple[BootOutcome, str]:
+    """QEMU exited on its own and the console alone decided nothing."""
+    status = proc.wait()
+    if status != 0:
+        err = b"".join(stderr).decode(errors="replace").strip().splitlines()
+        raise BootError(
+            f"{Path(qemu).name} exited with status {status}" + (f": {err[-1]}" if err else "")
+        )
+    if judge.markers_done():
+        return BootOutcome.PASSED, judge.passed_reason()
+    last = next((ln for ln in reversed(judge.console.splitlines()) if ln.strip()), "")
+    what = _missing_text(judge.missing) if judge.missing else "/init's exit was never reported"
+    return BootOutcome.FAILED, f"QEMU exited before a verdict ({what}); last line: {last!r}"
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    """Kill QEMU if it still runs, and always wait for it: no strays."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    # Uninterruptible on purpose: a second Ctrl-C must not leave a zombie.
+    while True:
+        try:
+            proc.wait()
+            break
+        except KeyboardInterrupt:
+            continue
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
+def format_result(result: BootResult, tail_lines: int = 30) -> str:
+    """The human report: verdict line, then the console tail unless it passed."""
+    exit_text = "" if result.init_exit is None else f", /init exit {result.init_exit}"
+    head = f"boot {result.outcome.name} in {result.seconds:.1f}s{exit_text}: {result.reason}"
+    if result.outcome is BootOutcome.PASSED:
+        return head
+    return f"{head}\n--- last {tail_lines} console lines ---\n{result.tail(tail_lines)}"
