@@ -8,6 +8,7 @@ gen_init_cpio and GNU cpio do), and mtimes clamped to SOURCE_DATE_EPOCH.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -15,7 +16,7 @@ from typing import BinaryIO
 
 from nbic.cpio.entry import MAX_FIELD, Entry, FileType, sort_key
 from nbic.cpio.newc import NewcWriter
-from nbic.errors import NbicError
+from nbic.errors import NbicError, UsageError
 
 log = logging.getLogger("nbic")
 
@@ -114,3 +115,17 @@ def write_archive(out: BinaryIO, members: Iterable[Member], *, epoch: int | None
         count += 1
     writer.close()
     return ArchiveStats(count, data_bytes)
+
+
+def source_date_epoch() -> int | None:
+    """SOURCE_DATE_EPOCH from the environment (reproducible-builds.org)."""
+    text = os.environ.get("SOURCE_DATE_EPOCH")
+    if text is None or text == "":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"SOURCE_DATE_EPOCH must be an integer, not {text!r}") from None
+    if value < 0:
+        raise UsageError("SOURCE_DATE_EPOCH must not be negative")
+    return value

@@ -92,7 +92,8 @@ class NewcWriter:
             self._write(chunk)
             remaining -= len(chunk)
         if data.read(1):
-            raise FormatError(f"{entry.path}: file grew while being packed (past {entry.size} bytes)")
+            raise FormatError(f"{entry.path}: file grew while being packed "
+                              f"(past {entry.size} bytes)")
 
     def close(self) -> None:
         self.add(Entry(TRAILER, FileType.FILE, perm=0, nlink=1))

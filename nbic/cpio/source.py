@@ -155,7 +155,8 @@ class DecompressedSource(ByteSource):
         self._decompressor = decompressor
         self.method = method
         self.start = outer.offset
-        super().__init__(io.BytesIO(), name=f"the {method} segment at {outer.location(outer.offset)}")
+        name = f"the {method} segment at {outer.location(outer.offset)}"
+        super().__init__(io.BytesIO(), name=name)
         self._size = None
 
     def location(self, offset: int) -> str:
