@@ -1,0 +1,271 @@
+"""nbic.boot against a real kernel in QEMU, with tiny GNU-cpio-built images.
+
+The images hold one static C /init, compiled here, whose behaviour is set by
+data files next to it (so one compile serves every case): /marker holds text
+to print, /exit-code the status to exit with, or "hang" to never exit.
+/init mounts devtmpfs to reach /dev/console, so building the images needs no
+mknod (and no root).
+
+Each boot takes a few seconds under TCG, so there are only a handful.
+"""
+
+import gzip
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from nbic.boot import BootConfig, BootOutcome, BootResult, _Judge, boot, format_result
+from nbic.errors import BootError
+
+INIT_C = r"""
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int slurp(const char *path, char *buf, size_t size) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, size - 1);
+    close(fd);
+    buf[n > 0 ? n : 0] = 0;
+    return (int)(n > 0 ? n : 0);
+}
+
+int main(void) {
+    char text[256], code[32];
+    int out = open("/dev/console", O_WRONLY);
+    if (out < 0) {  /* no device node in the image: let the kernel make one */
+        mkdir("/dev", 0755);
+        mount("devtmpfs", "/dev", "devtmpfs", 0, 0);
+        out = open("/dev/console", O_WRONLY);
+    }
+    int n = slurp("/marker", text, sizeof text);
+    if (n > 0) write(out, text, n);
+    if (slurp("/exit-code", code, sizeof code) < 0) strcpy(code, "0");
+    if (strncmp(code, "hang", 4) == 0)
+        for (;;) pause();
+    return atoi(code);
+}
+"""
+
+MARKER = "NBIC-TEST-MARKER"
+
+
+def _need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        message = f"{tool} not found (ci/setup installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def static_init(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test /init, linked statically: the image holds no libraries."""
+    gcc = _need("gcc")
+    work = tmp_path_factory.mktemp("init")
+    (work / "init.c").write_text(INIT_C)
+    subprocess.run(
+        [gcc, "-static", "-Os", "-o", str(work / "init"), str(work / "init.c")],
+        check=True,
+    )
+    return work / "init"
+
+
+def _cpio_newc(root: Path) -> bytes:
+    """Archive a directory with GNU cpio, the independent reference writer."""
+    cpio = _need("cpio")
+    names = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    return subprocess.run(
+        [cpio, "-o", "-H", "newc", "--quiet"],
+        cwd=root,
+        input="\n".join(names).encode() + b"\n",
+        stdout=subprocess.PIPE,
+        check=True,
+    ).stdout
+
+
+def _image(
+    tmp_path: Path,
+    init: Path | None,
+    *,
+    marker: str | None = None,
+    exit_code: str = "0",
+) -> Path:
+    root = tmp_path / "root"
+    root.mkdir()
+    if init is not None:
+        shutil.copy(init, root / "init")
+        (root / "init").chmod(0o755)
+    if marker is not None:
+        (root / "marker").write_text(marker + "\n")
+    (root / "exit-code").write_text(exit_code)
+    image = tmp_path / "image.cpio.gz"
+    image.write_bytes(gzip.compress(_cpio_newc(root), mtime=0))
+    return image
+
+
+def _boot(image: Path, kernel: Path, **config: object) -> BootResult:
+    config.setdefault("timeout", 120.0)
+    result = boot(image, BootConfig(kernel=kernel, **config))  # type: ignore[arg-type]
+    # Shown with -s; ci/test's pytest -q keeps it quiet.
+    print(f"\n{format_result(result, tail_lines=10)}")
+    return result
+
+
+def _qemu_running_with(path: Path) -> bool:
+    """Whether any process still has ``path`` on its command line."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(path).encode() in cmdline.split(b"\0"):
+            return True
+    return False
+
+
+@pytest.mark.boot
+def test_passing_boot_sees_markers_and_exit_zero(tmp_path, kernel, static_init):
+    image = _image(tmp_path, static_init, marker=f"hello {MARKER} world")
+    result = _boot(image, kernel, expect=(MARKER, "Run /init as init process"))
+    assert result.outcome is BootOutcome.PASSED, format_result(result)
+    assert result.init_exit == 0
+    assert MARKER in result.console
+    assert "PASSED" in format_result(result)
+    assert not _qemu_running_with(image)
+
+
+@pytest.mark.boot
+def test_init_exiting_nonzero_fails_with_its_status(tmp_path, kernel, static_init):
+    image = _image(tmp_path, static_init, marker=MARKER, exit_code="3")
+    result = _boot(image, kernel, expect=(MARKER,))
+    assert result.outcome is BootOutcome.FAILED, format_result(result)
+    assert result.init_exit == 3
+    assert "status 3" in result.reason
+    report = format_result(result)
+    assert "FAILED" in report and "exitcode=0x00000300" in report  # the tail
+
+
+@pytest.mark.boot
+def test_image_without_init_fails(tmp_path, kernel):
+    image = _image(tmp_path, None, marker=MARKER)
+    result = _boot(image, kernel, expect=(MARKER,))
+    assert result.outcome is BootOutcome.FAILED, format_result(result)
+    # The kernel falls back to mounting a root device, which does not exist.
+    assert "no /init was run" in result.reason
+    assert "Kernel panic" in result.reason
+    assert result.init_exit is None
+
+
+@pytest.mark.boot
+def test_non_executable_init_fails_to_execute(tmp_path, kernel):
+    root_init = tmp_path / "not-elf"
+    root_init.write_bytes(b"\0\1\2 this is not an executable format\n")
+    image = _image(tmp_path, root_init)
+    result = _boot(image, kernel)
+    assert result.outcome is BootOutcome.FAILED, format_result(result)
+    assert result.reason.startswith("Failed to execute /init"), result.reason
+
+
+@pytest.mark.boot
+def test_truncated_gzip_fails_unpacking(tmp_path, kernel, static_init):
+    image = _image(tmp_path, static_init, marker=MARKER)
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) // 2])
+    result = _boot(image, kernel, expect=(MARKER,))
+    assert result.outcome is BootOutcome.FAILED, format_result(result)
+    assert result.reason.startswith("Initramfs unpacking failed: "), result.reason
+    # The kernel's own words follow the colon.
+    assert len(result.reason) > len("Initramfs unpacking failed: ")
+
+
+@pytest.mark.boot
+def test_missing_marker_after_exit_zero_fails_naming_it(tmp_path, kernel, static_init):
+    image = _image(tmp_path, static_init, marker=MARKER)
+    result = _boot(image, kernel, expect=(MARKER, "NEVER-PRINTED"), timeout=60.0)
+    assert result.outcome is BootOutcome.FAILED, format_result(result)
+    assert "'NEVER-PRINTED'" in result.reason
+    assert f"'{MARKER}'" not in result.reason
+    assert result.init_exit == 0
+
+
+@pytest.mark.boot
+def test_missing_marker_while_init_hangs_times_out(tmp_path, kernel, static_init):
+    image = _image(tmp_path, static_init, marker=MARKER, exit_code="hang")
+    result = _boot(image, kernel, expect=("NEVER-PRINTED",), timeout=8.0)
+    assert result.outcome is BootOutcome.TIMED_OUT, format_result(result)
+    assert "'NEVER-PRINTED'" in result.reason
+    assert 8.0 <= result.seconds < 20.0
+    assert not _qemu_running_with(image)  # killed and reaped at the deadline
+
+
+# --- no QEMU needed ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("missing", ["kernel", "qemu", "image"])
+def test_missing_inputs_raise_boot_error(tmp_path, missing):
+    image = tmp_path / "image"
+    image.write_bytes(b"")
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"")
+    config = BootConfig(kernel=kernel, qemu="qemu-system-x86_64")
+    if missing == "kernel":
+        config = BootConfig(kernel=tmp_path / "no-such-kernel")
+    elif missing == "qemu":
+        config = BootConfig(kernel=kernel, qemu=str(tmp_path / "no-such-qemu"))
+    else:
+        image = tmp_path / "no-such-image"
+    if missing != "qemu" and shutil.which(config.qemu) is None:
+        pytest.skip("the qemu check comes first and QEMU is not installed")
+    with pytest.raises(BootError, match=f"no-such-{missing}"):
+        boot(image, config)
+
+
+def _judge(console: str, expect: tuple[str, ...] = ()) -> _Judge:
+    judge = _Judge(expect)
+    # Feed in odd-sized pieces: lines and markers split across reads.
+    for i in range(0, len(console), 7):
+        judge.feed(console[i : i + 7])
+    return judge
+
+
+def test_marker_on_the_kernel_command_line_does_not_count():
+    judge = _judge("[ 0.0] Kernel command line: console=ttyS0 panic=-1 X=MARK\r\n", ("MARK",))
+    assert judge.missing == ["MARK"]
+    assert _judge("MAR" + "K", ("MARK",)).missing == []
+
+
+def test_init_killed_by_signal_is_a_failure():
+    judge = _judge(
+        "[ 1.0] Run /init as init process\n"
+        "[ 1.1] Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b\n"
+    )
+    assert judge.verdict() == (BootOutcome.FAILED, "/init was killed by signal 11")
+    assert judge.init_exit == 128 + 11
+
+
+def test_clean_exit_without_markers_passes_only_after_init_ran():
+    judge = _judge(
+        "[ 1.0] Run /init as init process\n"
+        "[ 1.1] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000000\n"
+    )
+    outcome, _ = judge.verdict() or (None, "")
+    assert outcome is BootOutcome.PASSED
+    assert _judge("[ 1.0] Run /init as init process\n").verdict() is None
+
+
+def test_unpacking_failure_keeps_the_kernels_reason():
+    judge = _judge("\x1b[2J[ 0.5] Initramfs unpacking failed: junk within compressed archive\n")
+    assert judge.verdict() == (
+        BootOutcome.FAILED,
+        "Initramfs unpacking failed: junk within compressed archive",
+    )
