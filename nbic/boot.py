@@ -21,6 +21,7 @@ Verdict rules, first decisive event wins:
 
 from __future__ import annotations
 
+import argparse
 import codecs
 import contextlib
 import enum
@@ -34,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nbic.errors import BootError
+
+HELP = "boot an image in QEMU and judge it by the serial console"
 
 # After the last marker, how long to wait for /init to exit before passing
 # anyway: an init that prints its marker and then exits is seen within
@@ -87,6 +90,8 @@ class BootResult:
 
     def tail(self, lines: int = 30) -> str:
         """The last ``lines`` lines of the console."""
+        if lines <= 0:  # [-0:] would be everything
+            return ""
         return "\n".join(self.console.rstrip("\n").splitlines()[-lines:])
 
 
@@ -336,9 +341,81 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
 
 
 def format_result(result: BootResult, tail_lines: int = 30) -> str:
-    """The human report: verdict line, then the console tail unless it passed."""
+    """The human report: verdict line, then the console tail unless it passed.
+
+    ``tail_lines=0`` gives the verdict line alone.
+    """
     exit_text = "" if result.init_exit is None else f", /init exit {result.init_exit}"
     head = f"boot {result.outcome.name} in {result.seconds:.1f}s{exit_text}: {result.reason}"
-    if result.outcome is BootOutcome.PASSED:
+    if result.outcome is BootOutcome.PASSED or tail_lines <= 0:
         return head
     return f"{head}\n--- last {tail_lines} console lines ---\n{result.tail(tail_lines)}"
+
+
+# `nbic boot` exit statuses: a shell can tell a failed boot from a hung one.
+EXIT_STATUS = {BootOutcome.PASSED: 0, BootOutcome.FAILED: 1, BootOutcome.TIMED_OUT: 3}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", type=Path, help="initramfs image to boot (any compression)")
+    parser.add_argument(
+        "--kernel",
+        type=Path,
+        required=True,
+        help="kernel for QEMU's -kernel: an ELF vmlinux (PVH) or a bzImage",
+    )
+    parser.add_argument(
+        "--expect",
+        metavar="TEXT",
+        action="append",
+        default=[],
+        help="text that must appear on the console; repeatable (default: /init runs and exits 0)",
+    )
+    parser.add_argument(
+        "--append",
+        metavar="ARGS",
+        default="",
+        help="extra kernel command line after 'console=ttyS0 panic=-1'",
+    )
+    parser.add_argument(
+        "--memory",
+        metavar="MB",
+        type=int,
+        default=512,
+        help="guest memory in MiB (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        default=120.0,
+        help="wall-time limit (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--qemu",
+        metavar="PROGRAM",
+        default="qemu-system-x86_64",
+        help="QEMU binary (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--console",
+        action="store_true",
+        help="print the whole console, not just the tail of a failure",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 0 when the boot passed, 1 when it failed, 3 when it timed out."""
+    config = BootConfig(
+        kernel=args.kernel,
+        append=args.append,
+        memory_mb=args.memory,
+        timeout=args.timeout,
+        expect=tuple(args.expect),
+        qemu=args.qemu,
+    )
+    result = boot(args.image, config)
+    if args.console:
+        print(result.console, end="" if result.console.endswith("\n") else "\n")
+    print(format_result(result, tail_lines=0 if args.console else 30))
+    return EXIT_STATUS[result.outcome]

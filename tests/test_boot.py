@@ -269,3 +269,15 @@ def test_unpacking_failure_keeps_the_kernels_reason():
         BootOutcome.FAILED,
         "Initramfs unpacking failed: junk within compressed archive",
     )
+
+
+def test_format_result_shows_the_tail_only_on_failure():
+    console = "".join(f"line {i}\n" for i in range(50))
+    failed = BootResult(BootOutcome.FAILED, "Kernel panic: x", console, 1.25, None)
+    report = format_result(failed, tail_lines=3)
+    assert report.splitlines()[0] == "boot FAILED in 1.2s: Kernel panic: x"
+    assert report.splitlines()[-3:] == ["line 47", "line 48", "line 49"]
+    assert format_result(failed, tail_lines=0) == "boot FAILED in 1.2s: Kernel panic: x"
+    assert failed.tail(0) == ""
+    passed = BootResult(BootOutcome.PASSED, "ok", console, 2.0, 0)
+    assert format_result(passed) == "boot PASSED in 2.0s, /init exit 0: ok"
