@@ -10,11 +10,11 @@ class UsageError(NbicError):
 
 
 class FormatError(NbicError):
-    """Malformed archive or image input; the message names the byte offset."""
+    """Malformed archive or image input; the message says where (a byte offset)."""
 
     def __init__(self, message: str, offset: int | None = None):
         self.offset = offset
-        super().__init__(f"{message} (at byte {offset})" if offset is not None else message)
+        super().__init__(message)
 
 
 class CompressionError(FormatError):

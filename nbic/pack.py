@@ -224,7 +224,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a listed path missing from the rootfs is an error")
     parser.add_argument("-o", "--output", metavar="OUT",
                         help="image to write (.cpio, .cpio.zst, .gz, .xz, .lz4; - for stdout)")
-    parser.add_argument("--compress", metavar="NAME[:LEVEL]", type=parse_compression,
+    parser.add_argument("--compress", metavar="NAME[:LEVEL]",
                         help="zstd (default level 19), gzip, xz, lz4 or none; default: by "
                         "the output's suffix")
     parser.add_argument("--emit-spec", metavar="FILE",
@@ -238,7 +238,9 @@ def config_from_args(args: argparse.Namespace) -> PackConfig:
         init=args.init, strict=args.strict)
     return PackConfig(output=args.output, rootfs=args.rootfs,
                       file_lists=tuple(args.files_from), spec_lists=tuple(args.spec),
-                      closure=closure, compression=args.compress, epoch=source_date_epoch(),
+                      closure=closure,
+                      compression=parse_compression(args.compress) if args.compress else None,
+                      epoch=source_date_epoch(),
                       emit_spec=args.emit_spec)
 
 

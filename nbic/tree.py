@@ -196,7 +196,7 @@ class TarTree(Tree):
         self._members: dict[str, tarfile.TarInfo] = {}
         self._spool: tempfile.SpooledTemporaryFile | None = None
         self._spooled: dict[str, tuple[int, int]] = {}
-        label = "standard input" if str(path) == "-" else str(path)
+        self._label = label = "standard input" if str(path) == "-" else str(path)
         head = self._stream.read(6)
         self._stream.seek(0)
         from nbic.cpio.compress import detect
@@ -234,7 +234,7 @@ class TarTree(Tree):
         from nbic.cpio.source import ByteSource, DecompressedSource
 
         self._stream.seek(0)
-        outer = ByteSource(self._stream, "rootfs tar")
+        outer = ByteSource(self._stream, self._label)
         head = outer.peek(8)
         method = detect(head)
         inner = DecompressedSource(outer, decompressor_for(method, head), method.value)
