@@ -446,9 +446,11 @@ def _malformed_cases() -> dict[str, bytes]:
         "truncated gzip": _compress(valid, Compression.GZIP)[:20],
         "garbage after an archive": valid + b"garbage!" * 4,
         "garbage inside compressed data": _compress(valid + b"junk" * 8, Compression.GZIP),
-        "no archive at all": b"\0" * 1024,
-        "empty": b"",
     }
+
+
+# Inputs without any archive: an error, but there is no offset worth naming.
+EMPTY_CASES = {"no archive at all": b"\0" * 1024, "empty": b""}
 
 
 @pytest.mark.parametrize("case", sorted(_malformed_cases()))
@@ -483,6 +485,16 @@ def test_malformed_input_through_nbic_cpio(tmp_path):
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("nbic: error: "), lines
     assert "byte" in lines[0]
+
+
+@pytest.mark.parametrize("case", sorted(EMPTY_CASES))
+def test_image_without_archive(tmp_path, case):
+    with pytest.raises(FormatError, match="no cpio archive"):
+        list(ImageReader(io.BytesIO(EMPTY_CASES[case]), "bad.img"))
+    path = tmp_path / "bad.img"
+    path.write_bytes(EMPTY_CASES[case])
+    lines = run_tool("list", str(path), check=1).stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cpio-list: error: "), lines
 
 
 def test_missing_image_is_one_line(tmp_path):
