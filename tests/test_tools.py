@@ -400,6 +400,25 @@ def test_extract_then_nbic_pack_spec_rebuilds_the_image(tmp_path):
     assert tools.diff_images(image, str(rebuilt)) == []
 
 
+def test_gnu_cpio_tree_round_trip_through_nbic_pack(tmp_path):
+    """cpio-extract IMAGE DIR; cpio-list --spec IMAGE; NBIC_ROOT=DIR nbic pack --spec."""
+    root = tmp_path / "tree"
+    make_tree(root)
+    image = write(tmp_path / "tree.cpio", gnu_cpio(root))
+    out = tmp_path / "out"
+    run_tool("extract", image, str(out))
+    spec = tmp_path / "list.spec"
+    spec.write_bytes(run_tool("list", "--spec", image).stdout)
+    assert "file /dir/hard1 ${NBIC_ROOT}/dir/hard1 0644 0 0 /dir/sub/hard2" in \
+        spec.read_text().splitlines()
+    rebuilt = tmp_path / "rebuilt.cpio.zst"
+    result = subprocess.run([sys.executable, "-m", "nbic.cli", "pack", "--spec", str(spec),
+                             "-o", str(rebuilt)], capture_output=True, text=True,
+                            env={**os.environ, "NBIC_ROOT": str(out)})
+    assert result.returncode == 0, result.stderr
+    assert tools.diff_images(image, str(rebuilt)) == []
+
+
 # --- diff --------------------------------------------------------------------------
 
 
