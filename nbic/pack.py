@@ -150,17 +150,17 @@ def plan(tree: Tree | None, wanted: list[str], specs: list[SpecItem], config: Cl
     return result
 
 
-def emit_spec(image: Plan, epoch: int | None) -> str:
+def emit_spec(image: Plan) -> str:
     """The spec list of what would be packed, each hardlink group as one `file` line."""
-    ordered = order(image.members.values(), epoch=epoch)
-    groups: dict[int, list[str]] = {}
+    ordered = order(image.members.values())
+    groups: dict[object, list[str]] = {}
     for member in ordered:
         if member.entry.type is FileType.FILE and member.entry.nlink > 1:
-            groups.setdefault(member.entry.ino, []).append(member.entry.name)
+            groups.setdefault(member.entry.link_key, []).append(member.entry.name)
     lines = []
     for member in ordered:
         entry = member.entry
-        names = groups.get(entry.ino, [entry.name]) if entry.type is FileType.FILE else []
+        names = groups.get(entry.link_key, [entry.name]) if entry.type is FileType.FILE else []
         if names and names[0] != entry.name:
             continue  # written with the first name of its group
         location = next((image.locations[n] for n in names if n in image.locations), "")
@@ -183,7 +183,7 @@ def pack(config: PackConfig) -> PackResult:
         image = plan(tree, wanted, specs, config.closure)
         if config.emit_spec:
             with atomic_output(config.emit_spec) as out:
-                out.write(emit_spec(image, config.epoch).encode("utf-8", "surrogateescape"))
+                out.write(emit_spec(image).encode("utf-8", "surrogateescape"))
         if config.output is None:
             return PackResult(None, None, None, None)
         if tree is not None:

@@ -28,7 +28,8 @@ def image(spec: CompressionSpec) -> bytes:
 
 
 def fast(method: Compression) -> CompressionSpec:
-    return CompressionSpec(method, compress.LEVELS[method][0] if method in compress.LEVELS else None)
+    low = compress.LEVELS[method][0] if method in compress.LEVELS else None
+    return CompressionSpec(method, low)
 
 
 TOOLS = {Compression.ZSTD: ["zstd", "-dc"], Compression.GZIP: ["gzip", "-dc"],
@@ -76,7 +77,7 @@ def test_zstd_output_does_not_depend_on_the_number_of_cores(monkeypatch):
     assert image(CompressionSpec(Compression.ZSTD, 3)) == one
 
 
-@pytest.mark.parametrize("method", list(TOOLS) + [Compression.NONE])
+@pytest.mark.parametrize("method", [*TOOLS, Compression.NONE])
 def test_same_input_same_bytes(method):
     assert image(fast(method)) == image(fast(method))
 

@@ -71,9 +71,10 @@ def test_same_inputs_twice_give_identical_bytes(rootfs_dir, tmp_path):
 
 
 def _gnu_listing(image: Path) -> str:
-    result = subprocess.run(["cpio", "-tv", "--numeric-uid-gid", "--quiet"], stdin=open(image, "rb"),
-                            capture_output=True, text=True, check=True, env={**os.environ, "TZ": "UTC"})
-    return result.stdout
+    with open(image, "rb") as stdin:
+        return subprocess.run(["cpio", "-tv", "--numeric-uid-gid", "--quiet"], stdin=stdin,
+                              capture_output=True, text=True, check=True,
+                              env={**os.environ, "TZ": "UTC"}).stdout
 
 
 def test_gnu_cpio_and_bsdtar_read_the_image_as_nbic_wrote_it(rootfs_dir, tmp_path):
@@ -88,7 +89,8 @@ def test_gnu_cpio_and_bsdtar_read_the_image_as_nbic_wrote_it(rootfs_dir, tmp_pat
                       ["bsdtar", "-xpf", "-"]):
         target = tmp_path / extractor[0]
         target.mkdir()
-        subprocess.run(extractor, stdin=open(image, "rb"), cwd=target, check=True)
+        with open(image, "rb") as stdin:
+            subprocess.run(extractor, stdin=stdin, cwd=target, check=True)
         for name in ("usr/bin/bash", "usr/lib/x86_64-linux-gnu/libc.so.6"):
             assert (target / name).read_bytes() == (rootfs_dir / name).read_bytes()
         assert os.readlink(target / "bin") == "usr/bin"

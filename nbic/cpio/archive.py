@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
@@ -37,8 +39,9 @@ class ArchiveStats:
     data_bytes: int
 
 
-def order(members: Iterable[Member], *, epoch: int | None = None) -> list[Member]:
-    """Sort, renumber and group members; refuses two members with one name."""
+def order(members: Iterable[Member]) -> list[Member]:
+    """Sort members with parents first and count each hardlink group's names into
+    nlink (directories 2, others 1). Refuses two members with one name."""
     by_name: dict[str, Member] = {}
     for member in members:
         name = member.entry.name
@@ -46,41 +49,20 @@ def order(members: Iterable[Member], *, epoch: int | None = None) -> list[Member
             raise NbicError(f"two entries for {member.entry.path}")
         by_name[name] = member
     names = sorted(by_name, key=sort_key)
-
-    groups: dict[object, list[str]] = {}
+    group_sizes: dict[object, int] = {}
     for name in names:
         entry = by_name[name].entry
         if entry.type is FileType.FILE and entry.link_key is not None:
-            groups.setdefault(entry.link_key, []).append(name)
-
-    # Any name of a group may carry the size and data source (a tar stores them
-    # on the first name); they all describe one inode.
-    group_data = {
-        key: (max(by_name[n].entry.size for n in group),
-              next((by_name[n].source for n in group if by_name[n].source), None))
-        for key, group in groups.items() if len(group) > 1
-    }
-
+            group_sizes[entry.link_key] = group_sizes.get(entry.link_key, 0) + 1
     result = []
-    inodes: dict[object, int] = {}
     for name in names:
         member = by_name[name]
         entry = member.entry
-        source = member.source
-        if entry.type is FileType.FILE and entry.link_key in group_data:
-            group = groups[entry.link_key]
-            ino = inodes.setdefault(entry.link_key, len(inodes) + 1)
-            size, group_source = group_data[entry.link_key]
-            # One copy of the data, on the last name, where the kernel and GNU
-            # cpio expect it; the others are empty headers under the same inode.
-            last = name == group[-1]
-            entry = replace(entry, ino=ino, nlink=len(group), size=size if last else 0)
-            source = group_source if last else None
+        if entry.type is FileType.FILE and group_sizes.get(entry.link_key, 0) > 1:
+            entry = replace(entry, nlink=group_sizes[entry.link_key])
         else:
-            ino = inodes.setdefault(("name", name), len(inodes) + 1)
-            entry = replace(entry, ino=ino, nlink=2 if entry.type is FileType.DIR else 1)
-        entry = replace(entry, mtime=_clamp_mtime(entry, epoch), devmajor=0, devminor=0)
-        result.append(Member(entry, source))
+            entry = replace(entry, nlink=2 if entry.type is FileType.DIR else 1, link_key=None)
+        result.append(Member(entry, member.source))
     return result
 
 
@@ -97,24 +79,107 @@ def _clamp_mtime(entry: Entry, epoch: int | None) -> int:
     return mtime
 
 
-def write_archive(out: BinaryIO, members: Iterable[Member], *, epoch: int | None = None
-                  ) -> ArchiveStats:
-    """Order `members` and write them as one newc archive to `out`."""
-    writer = NewcWriter(out)
-    count = data_bytes = 0
-    for member in order(members, epoch=epoch):
+class _Group:
+    """A hardlink group being written: names left to see, and where its data is."""
+
+    def __init__(self, ino: int, names: int):
+        self.ino = ino
+        self.remaining = names
+        self.size = 0
+        self.source: DataSource | None = None
+        self.spool: tempfile.SpooledTemporaryFile | None = None
+
+
+class _Assembler:
+    """Writes ordered members: renumbers inodes from 1, clamps mtimes, and puts
+    a hardlink group's data on its last name. A stream's sources are readable
+    only while current (a tar carries the data on the first name), so with
+    `transient_sources` early data is held in a spool until the last name."""
+
+    def __init__(self, out: BinaryIO, epoch: int | None, transient_sources: bool):
+        self._writer = NewcWriter(out)
+        self._epoch = epoch
+        self._transient = transient_sources
+        self._next_ino = 1
+        self._groups: dict[object, _Group] = {}
+        self._last_key: tuple[bytes, ...] | None = None
+        self.entries = 0
+        self.data_bytes = 0
+
+    def _ino(self) -> int:
+        self._next_ino += 1
+        return self._next_ino - 1
+
+    def add(self, member: Member) -> None:
         entry = member.entry
-        if entry.type is FileType.FILE and entry.size:
-            if member.source is None:
-                raise NbicError(f"{entry.path}: no data for a {entry.size}-byte file")
-            with member.source() as data:
-                writer.add(entry, data)
-            data_bytes += entry.size
+        key = sort_key(entry.name)
+        if self._last_key is not None and key <= self._last_key:
+            raise NbicError(f"{entry.path}: entries out of order (a parent must come before "
+                            "its children, each name once)")
+        self._last_key = key
+        entry = replace(entry, mtime=_clamp_mtime(entry, self._epoch), devmajor=0, devminor=0)
+        if entry.type is FileType.FILE and entry.nlink > 1 and entry.link_key is not None:
+            self._add_hardlink(entry, member.source)
         else:
-            writer.add(entry)
-        count += 1
-    writer.close()
-    return ArchiveStats(count, data_bytes)
+            self._write(replace(entry, ino=self._ino()), member.source)
+
+    def _add_hardlink(self, entry: Entry, source: DataSource | None) -> None:
+        group = self._groups.get(entry.link_key)
+        if group is None:
+            group = self._groups[entry.link_key] = _Group(self._ino(), entry.nlink)
+        group.remaining -= 1
+        group.size = max(group.size, entry.size)
+        entry = replace(entry, ino=group.ino)
+        if source is not None and group.source is None and group.spool is None:
+            if self._transient and group.remaining:
+                group.spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)  # noqa: SIM115
+                with source() as data:
+                    shutil.copyfileobj(data, group.spool, 1 << 20)
+            else:
+                group.source = source
+        if group.remaining:
+            self._write(replace(entry, size=0), None)
+            return
+        del self._groups[entry.link_key]
+        if group.spool is not None:
+            group.spool.seek(0)
+            with group.spool:
+                self._write(replace(entry, size=group.size), lambda: _borrowed(group.spool))
+        else:
+            self._write(replace(entry, size=group.size), group.source)
+
+    def _write(self, entry: Entry, source: DataSource | None) -> None:
+        if entry.type is FileType.FILE and entry.size:
+            if source is None:
+                raise NbicError(f"{entry.path}: no data for a {entry.size}-byte file")
+            with source() as data:
+                self._writer.add(entry, data)
+            self.data_bytes += entry.size
+        else:
+            self._writer.add(entry)
+        self.entries += 1
+
+    def close(self) -> None:
+        if self._groups:
+            missing = ", ".join(sorted(str(key) for key in self._groups))
+            raise NbicError(f"hardlink groups ended early (fewer names than nlink): {missing}")
+        self._writer.close()
+
+
+@contextmanager
+def _borrowed(stream: BinaryIO) -> Iterator[BinaryIO]:
+    yield stream
+
+
+def write_archive(out: BinaryIO, members: Iterable[Member], *, epoch: int | None = None,
+                  presorted: bool = False) -> ArchiveStats:
+    """Write `members` as one newc archive. Unless `presorted` (a stream already in
+    final order with group sizes in nlink), they are ordered first."""
+    assembler = _Assembler(out, epoch, transient_sources=presorted)
+    for member in members if presorted else order(members):
+        assembler.add(member)
+    assembler.close()
+    return ArchiveStats(assembler.entries, assembler.data_bytes)
 
 
 def source_date_epoch() -> int | None:
