@@ -1,0 +1,1 @@
+nbic/builder/Dockerfile
