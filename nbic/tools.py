@@ -182,7 +182,7 @@ def _cpio_date(mtime: int, now: float) -> str:
 
 def long_format(entry: Entry, now: float | None = None) -> str:
     """One line of GNU `cpio -tv --numeric-uid-gid`."""
-    now = time.time() if now is None else now
+    now = int(time.time()) if now is None else now
     size = (f"{entry.rdevmajor:3d}, {entry.rdevminor:3d}" if entry.is_device
             else f"{entry.size:8d}")
     line = (f"{entry.mode_string()} {entry.nlink:3d} {entry.uid:<8d} {entry.gid:<8d} "
@@ -241,7 +241,7 @@ def run_list(args: argparse.Namespace) -> int:
                 _emit(f"{segment.index} {segment.compression.value} {segment.offset} "
                       f"{counts.get(segment.index, 0)}")
         elif args.verbose:
-            now = time.time()
+            now = int(time.time())  # time(NULL), as GNU cpio
             for entry in reader:
                 _emit(long_format(entry, now))
         else:
