@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ from cpio_helpers import (
 )
 
 from nbic.cpio.compress import Compression, CompressionSpec, compressed_writer
-from nbic.cpio.entry import FileType
+from nbic.cpio.entry import Entry, FileType
 from nbic.cpio.image import ImageReader
 from nbic.errors import CompressionError, FormatError
 from nbic.tools import long_format
@@ -127,29 +128,32 @@ def test_short_listing_is_gnu_cpio(tmp_path):
     assert run_tool("list", str(path)).stdout == expected
 
 
-def test_long_format_date_rules():
-    os.environ["TZ"] = "UTC"
-    try:
-        import time
-        time.tzset()
-        from nbic.cpio.entry import Entry
-        now = 1_700_000_000  # 2023-11-14 22:13:20 UTC
-        recent = Entry("f", FileType.FILE, mtime=now - 86400, size=5)
-        old = Entry("f", FileType.FILE, mtime=now - 200 * 86400)
-        future = Entry("f", FileType.FILE, mtime=now + 3600)
-        dev = Entry("dev/null", FileType.CHAR, perm=0o666, rdevmajor=1, rdevminor=3,
-                    uid=12345678, gid=7, mtime=now)
-        link = Entry("l", FileType.SYMLINK, perm=0o777, linkname="/t", size=2, mtime=now)
-        assert long_format(recent, now) == \
-            "-rw-r--r--   1 0        0               5 Nov 13 22:13 f"
-        assert long_format(old, now).endswith(" Apr 28  2023 f")
-        assert long_format(future, now).endswith(" Nov 14  2023 f")
-        assert long_format(dev, now) == \
-            "crw-rw-rw-   1 12345678 7          1,   3 Nov 14 22:13 dev/null"
-        assert long_format(link, now).endswith(" Nov 14 22:13 l -> /t")
-    finally:
-        del os.environ["TZ"]
-        time.tzset()
+@pytest.fixture
+def utc(monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_long_format_date_rules(utc):
+    now = 1_700_000_000  # 2023-11-14 22:13:20 UTC
+    recent = Entry("f", FileType.FILE, mtime=now - 86400, size=5)
+    old = Entry("f", FileType.FILE, mtime=now - 200 * 86400)
+    borderline = Entry("f", FileType.FILE, mtime=now - 6 * 30 * 86400)
+    future = Entry("f", FileType.FILE, mtime=now + 3600)
+    dev = Entry("dev/null", FileType.CHAR, perm=0o666, rdevmajor=1, rdevminor=3,
+                uid=12345678, gid=7, mtime=now)
+    link = Entry("l", FileType.SYMLINK, perm=0o777, linkname="/t", size=2, mtime=now)
+    assert long_format(recent, now) == \
+        "-rw-r--r--   1 0        0               5 Nov 13 22:13 f"
+    assert long_format(old, now).endswith(" Apr 28  2023 f")
+    assert long_format(borderline, now).endswith(" May 18 22:13 f")
+    assert long_format(future, now).endswith(" Nov 14  2023 f")
+    assert long_format(dev, now) == \
+        "crw-rw-rw-   1 12345678 7          1,   3 Nov 14 22:13 dev/null"
+    assert long_format(link, now).endswith(" Nov 14 22:13 l -> /t")
 
 
 # --- what nbic writes, read by GNU cpio and bsdtar -------------------------------------
