@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["docker_fixtures"]  # docker_engine and the pytest-docker overrides
+
 
 def _env_path(name: str, *, want_dir: bool = False) -> Path:
     value = os.environ.get(name)

@@ -1,0 +1,92 @@
+"""pytest-docker fixtures: a Docker engine with the nbic builder image built.
+
+``docker_engine`` starts the services of tests/docker-compose.yml (project
+``nbictests``) through Debian's ``docker-compose`` (Compose v1: no ``--wait``)
+and returns a ``docker.DockerClient`` once the ``builder`` service runs. The
+images the tests use are then present locally:
+
+* ``nbic-builder:test``: the builder image (repo root ``Dockerfile``);
+* ``nbic-test-rootfs:latest``: debian:bookworm plus ``/etc/nbic-test-marker``
+  (``ROOTFS_IMAGE_MARKER``) and an executable ``/chroot`` script that prints
+  ``ROOTFS_IMAGE_HELLO``.
+
+With no engine answering, tests using ``docker_engine`` are skipped on a
+developer machine but fail under CI (``CI`` or ``NBIC_TEST_DOCKER`` set; ci/test
+sets the latter after ci/setup has started the engine).
+"""
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+BUILDER_IMAGE = "nbic-builder:test"
+ROOTFS_IMAGE = "nbic-test-rootfs:latest"
+ROOTFS_IMAGE_MARKER = "nbic test rootfs marker\n"
+ROOTFS_IMAGE_HELLO = "hello-from-docker-rootfs\n"
+COMPOSE_PROJECT = "nbictests"
+COMPOSE_FILE = Path(__file__).with_name("docker-compose.yml")
+
+
+def _docker_required() -> bool:
+    return bool(os.environ.get("CI") or os.environ.get("NBIC_TEST_DOCKER"))
+
+
+def _unavailable(message: str) -> None:
+    if _docker_required():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def docker_compose_command() -> str:
+    return "docker-compose"
+
+
+@pytest.fixture(scope="session")
+def docker_compose_file() -> str:
+    return str(COMPOSE_FILE)
+
+
+@pytest.fixture(scope="session")
+def docker_compose_project_name() -> str:
+    return COMPOSE_PROJECT
+
+
+@pytest.fixture(scope="session")
+def docker_setup() -> list[str]:
+    # Compose v1 has no `up --wait`; docker_engine waits for `builder` itself.
+    return ["up --build -d"]
+
+
+@pytest.fixture(scope="session")
+def docker_engine(request: pytest.FixtureRequest) -> Iterator[docker.DockerClient]:
+    """A DockerClient for the local engine, with the compose services up."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as e:
+        _unavailable(f"no Docker engine answers (run ci/setup or ci/docker-setup): {e}")
+    # Only now start the services: docker_services would raise a bare
+    # Exception (an error, not a skip) without an engine.
+    services = request.getfixturevalue("docker_services")
+
+    def builder_running() -> bool:
+        containers = client.containers.list(
+            filters={
+                "label": [
+                    f"com.docker.compose.project={COMPOSE_PROJECT}",
+                    "com.docker.compose.service=builder",
+                ],
+                "status": "running",
+            }
+        )
+        return bool(containers)
+
+    services.wait_until_responsive(check=builder_running, timeout=60.0, pause=0.5)
+    try:
+        yield client
+    finally:
+        client.close()
