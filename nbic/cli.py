@@ -19,9 +19,9 @@ log = logging.getLogger("nbic")
 
 
 def _stages() -> dict[str, ModuleType]:
-    from nbic import boot, pack
+    from nbic import boot, pack, rootfs, session
 
-    return {"pack": pack, "boot": boot}
+    return {"run": session, "pack": pack, "boot": boot, "rootfs": rootfs}
 
 
 def _tools() -> dict:

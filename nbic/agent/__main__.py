@@ -1,0 +1,192 @@
+"""`python3 -m nbic.agent SPEC_JSON`: the session recipe, inside the container.
+
+mount the overlay -> start the tracer -> run the session -> stop it all ->
+closure of what was used -> tar of the image's entries for the host.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import sys
+import traceback
+
+from nbic.agent import session, strace
+from nbic.agent.fanotify import FanotifyTracer, TraceError
+from nbic.agent.protocol import (
+    CACHE_ROOTFS,
+    IMAGE_TAR,
+    INPUT_DIR,
+    OUTPUT_DIR,
+    READY_MARK,
+    RESULT_FILE,
+    ROOTFS,
+    SESSION_DIR,
+    TRACE_FILE,
+    SessionResult,
+    SessionSpec,
+    Tracer,
+)
+from nbic.agent.syscalls import MNT_DETACH, MS_BIND, MS_REC, mount, umount
+from nbic.closure import DEFAULT_DEVICES, ClosureConfig, parse_device, select
+from nbic.cpio.archive import Member, order
+from nbic.errors import NbicError
+from nbic.tarstream import write_tar
+from nbic.tree import DirTree
+
+STRACE_LOG = f"{SESSION_DIR}/strace.log"
+SCRIPT_DIR = "/.nbic"  # a tmpfs inside the rootfs: not on the traced filesystem
+
+
+class _Collector(logging.Handler):
+    """Warnings go into the result for the host to show, not into the TTY."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _mounts(spec: SessionSpec) -> list[str]:
+    """The session's world; returns the mounts inside the overlay, innermost first,
+    to undo before the overlay is walked for the closure."""
+    if not os.path.exists(f"{os.path.dirname(CACHE_ROOTFS)}/{READY_MARK}"):
+        raise NbicError("the rootfs cache volume is incomplete (an interrupted import?): "
+                        "remove it with `nbic rootfs rm` and run again")
+    os.makedirs(SESSION_DIR, exist_ok=True)
+    mount("tmpfs", SESSION_DIR, "tmpfs", 0, "mode=0755")
+    for name in ("upper", "work"):
+        os.mkdir(f"{SESSION_DIR}/{name}")
+    os.makedirs(ROOTFS, exist_ok=True)
+    mount("overlay", ROOTFS, "overlay", 0, f"lowerdir={CACHE_ROOTFS},"
+          f"upperdir={SESSION_DIR}/upper,workdir={SESSION_DIR}/work")
+    undo = []
+    for target, fstype, source, flags in (
+            ("proc", "proc", "proc", 0), ("sys", "sysfs", "sysfs", 0),
+            ("dev", None, "/dev", MS_BIND | MS_REC)):
+        path = f"{ROOTFS}/{target}"
+        if os.path.islink(path):
+            continue
+        os.makedirs(path, exist_ok=True)
+        mount(source, path, fstype, flags)
+        undo.append(path)
+    resolv = f"{ROOTFS}/etc/resolv.conf"
+    # The session may need the network (apt-get); give it the container's DNS.
+    if os.path.isdir(f"{ROOTFS}/etc") and not os.path.islink(resolv) \
+            and os.path.exists("/etc/resolv.conf"):
+        if not os.path.exists(resolv):
+            open(resolv, "w").close()
+        mount("/etc/resolv.conf", resolv, None, MS_BIND)
+        undo.append(resolv)
+    if spec.script:
+        os.makedirs(f"{ROOTFS}{SCRIPT_DIR}", exist_ok=True)
+        mount("tmpfs", f"{ROOTFS}{SCRIPT_DIR}", "tmpfs", 0, "mode=0755")
+        undo.append(f"{ROOTFS}{SCRIPT_DIR}")
+        shutil.copy(f"{INPUT_DIR}/{spec.script}", f"{ROOTFS}{SCRIPT_DIR}/script")
+        os.chmod(f"{ROOTFS}{SCRIPT_DIR}/script", 0o755)
+    return list(reversed(undo))
+
+
+def _session_argv(spec: SessionSpec) -> list[str]:
+    if spec.command:
+        return list(spec.command)
+    if spec.script:
+        return [f"{SCRIPT_DIR}/script"]
+    if os.access(f"{ROOTFS}/chroot", os.X_OK):
+        return ["/chroot"]
+    return ["/bin/sh"]
+
+
+def _start_fanotify(spec: SessionSpec, notices: list[str]) -> FanotifyTracer | None:
+    try:
+        tracer = FanotifyTracer(ROOTFS, bounded_queue=spec.bounded_queue)
+    except OSError as exc:
+        if spec.tracer is Tracer.AUTO and exc.errno in (errno.EPERM, errno.ENOSYS,
+                                                        errno.EINVAL):
+            notices.append(f"fanotify is not permitted here ({exc.strerror}); "
+                           "tracing with ptrace (strace) instead, which is slower")
+            return None
+        raise TraceError(f"cannot start the fanotify tracer: {exc}") from None
+    tracer.start()
+    return tracer
+
+
+def run_session(spec: SessionSpec, collector: _Collector) -> SessionResult:
+    notices: list[str] = []
+    undo = _mounts(spec)
+    fanotify = None
+    if spec.tracer in (Tracer.AUTO, Tracer.FANOTIFY, Tracer.BOTH):
+        fanotify = _start_fanotify(spec, notices)
+    use_ptrace = spec.tracer in (Tracer.PTRACE, Tracer.BOTH) or fanotify is None
+    argv = _session_argv(spec)
+    env = session.session_environment(spec.term)
+    if use_ptrace:
+        status = session.run(strace.command(STRACE_LOG, argv, ROOTFS), env, chroot_dir=None)
+    else:
+        status = session.run(argv, env, chroot_dir=ROOTFS)
+    session.kill_leftovers()
+
+    traced: set[str] = set()
+    if fanotify is not None:
+        traced |= fanotify.finish()
+    if use_ptrace:
+        if not os.path.exists(STRACE_LOG):
+            raise TraceError("strace left no log: the ptrace trace failed")
+        with open(STRACE_LOG, encoding="utf-8", errors="surrogateescape") as log:
+            traced |= strace.parse(log, ROOTFS)
+    for path in undo:
+        umount(path, MNT_DETACH)
+    tracer_name = "both" if fanotify and use_ptrace else ("ptrace" if use_ptrace else "fanotify")
+
+    traced.discard("/")
+    traced = {path for path in traced if not path.startswith(SCRIPT_DIR + "/")
+              and path != SCRIPT_DIR}
+    os.makedirs(OUTPUT_DIR, exist_ok=True)
+    with open(f"{OUTPUT_DIR}/{TRACE_FILE}", "w", encoding="utf-8",
+              errors="surrogateescape") as out:
+        out.writelines(path + "\n" for path in sorted(traced))
+
+    tree = DirTree(ROOTFS)
+    # Files the session created and deleted were traced but are gone: drop
+    # them quietly. Paths from the user's lists must exist.
+    traced_present = [path for path in traced if tree.resolve(path).target is not None]
+    config = ClosureConfig(
+        include=spec.include, exclude=spec.exclude,
+        devices=DEFAULT_DEVICES + tuple(parse_device(text) for text in spec.devices),
+        init=spec.init, strict=spec.strict)
+    selection = select(tree, [*sorted(traced_present), *spec.extra_paths], config)
+    members = [Member(entry, (lambda name=name: tree.open(name))
+                      if name not in selection.synthesized else None)
+               for name, entry in selection.entries.items()]
+    with open(f"{OUTPUT_DIR}/{IMAGE_TAR}", "wb") as out:
+        count = write_tar(out, order(members))
+    return SessionResult(ok=True, session_status=status, tracer=tracer_name,
+                         traced=len(traced), entries=count,
+                         warnings=tuple(collector.messages), notices=tuple(notices))
+
+
+def main(argv: list[str]) -> int:
+    collector = _Collector()
+    logger = logging.getLogger("nbic")
+    logger.addHandler(collector)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    spec = SessionSpec.from_json(argv[1])
+    os.makedirs(OUTPUT_DIR, exist_ok=True)
+    try:
+        result = run_session(spec, collector)
+    except (NbicError, TraceError, OSError) as exc:
+        result = SessionResult(ok=False, error=str(exc), warnings=tuple(collector.messages))
+    except Exception:
+        result = SessionResult(ok=False, error="agent failure:\n" + traceback.format_exc())
+    with open(f"{OUTPUT_DIR}/{RESULT_FILE}", "w", encoding="utf-8") as out:
+        out.write(result.to_json())
+    return 0 if result.ok else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,90 @@
+"""Running the user's session chrooted in the merged rootfs.
+
+The agent is PID 1 of the container. The session runs as a child in its own
+session and process group (with the TTY as its controlling terminal when there
+is one), so Ctrl-C reaches the session and not the agent. When the session's
+main process ends, whatever it left running is killed, so that the trace can be
+drained knowing no process will open anything more.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+import termios
+import time
+
+SESSION_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def session_environment(term: str) -> dict[str, str]:
+    # The seed's /chroot example: a clean login-like environment.
+    return {"HOME": "/root", "LOGNAME": "root", "USER": "root", "TERM": term,
+            "PATH": SESSION_PATH, "LANG": "C.UTF-8"}
+
+
+def run(argv: list[str], env: dict[str, str], *, chroot_dir: str | None) -> int:
+    """Run argv (chrooted into chroot_dir if given) and return its exit status
+    as a shell reports it (128 + signal number when killed)."""
+    pid = os.fork()
+    if pid == 0:
+        _child(argv, env, chroot_dir)
+    forwarded = {}
+
+    def forward(signum, _frame):
+        try:
+            os.killpg(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        forwarded[signum] = signal.signal(signum, forward)
+    try:
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except ChildProcessError:
+                return 255
+            except InterruptedError:
+                continue
+    finally:
+        for signum, handler in forwarded.items():
+            signal.signal(signum, handler)
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else \
+        128 + os.WTERMSIG(status)
+
+
+def _child(argv: list[str], env: dict[str, str], chroot_dir: str | None) -> None:
+    try:
+        os.setsid()
+        if os.isatty(0):
+            fcntl.ioctl(0, termios.TIOCSCTTY, 1)  # take it from PID 1
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        if chroot_dir:
+            os.chroot(chroot_dir)
+            os.chdir("/")
+        os.execvpe(argv[0], argv, env)
+    except OSError as exc:
+        print(f"nbic: cannot start the session {argv[0]}: {exc.strerror}", file=sys.stderr)
+    os._exit(127)
+
+
+def kill_leftovers() -> None:
+    """Kill every other process in the container (the agent is PID 1) and reap."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(-1, signum)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                time.sleep(0.05)

@@ -1,0 +1,123 @@
+"""The ptrace tracer: the session runs under strace, whose log this module reads.
+
+Slower than fanotify but it needs no fanotify permission (rootless Docker) and
+also sees lookups that never open a file (stat, access, readlink, failed
+opens). Paths are taken as the traced process saw them: per process, after its
+chroot into the rootfs, relative names resolved against its working directory
+or the directory fd strace decodes with -y.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import posixpath
+import re
+from collections.abc import Iterable
+
+STRACE = "strace"
+_SYSCALLS = "%file,fchdir,clone,clone3,fork,vfork"
+
+
+def command(log_path: str, session: list[str], chroot_dir: str) -> list[str]:
+    """strace around `chroot DIR COMMAND...` (coreutils chroot from the builder image)."""
+    return [STRACE, "-f", "-qq", "-y", "-s", "4096", "-e", f"trace={_SYSCALLS}",
+            "-e", "signal=none", "-o", log_path, "--", "chroot", chroot_dir, *session]
+
+
+_LINE = re.compile(r"^(\d+)\s+(.*)$")
+_CALL = re.compile(r"^(\w+)\((.*)\)\s+=\s+(\S+)(.*)$")
+_RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>(.*)$")
+_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_FD = re.compile(r"^(-?\d+)<(.*?)>")
+_UNFINISHED = " <unfinished ...>"
+_FORKS = {"clone", "clone3", "fork", "vfork"}
+
+
+def _unescape(text: str) -> str:
+    return os.fsdecode(codecs.escape_decode(text.encode("utf-8", "surrogateescape"))[0])
+
+
+class _Process:
+    __slots__ = ("chrooted", "cwd", "moved")
+
+    def __init__(self, chrooted: bool = False, cwd: str = "/"):
+        self.chrooted = chrooted
+        self.cwd = cwd
+        self.moved = False  # changed directory itself
+
+
+def parse(lines: Iterable[str], root: str) -> set[str]:
+    """Paths (inside `root`) that the chrooted processes of a strace log looked up."""
+    root = root.rstrip("/")
+    processes: dict[str, _Process] = {}
+    pending: dict[str, str] = {}
+    paths: set[str] = set()
+
+    def inside(path: str) -> str | None:
+        if path == root or path.startswith(root + "/"):
+            return path[len(root):] or "/"
+        return None
+
+    for raw in lines:
+        match = _LINE.match(raw.rstrip("\n"))
+        if not match:
+            continue
+        pid, rest = match.groups()
+        if rest.endswith(_UNFINISHED):
+            pending[pid] = rest[: -len(_UNFINISHED)]
+            continue
+        resumed = _RESUMED.match(rest)
+        if resumed:
+            rest = pending.pop(pid, resumed.group(1) + "(") + resumed.group(2)
+        call = _CALL.match(rest)
+        if not call:
+            continue
+        name, args, result, _tail = call.groups()
+        if pid not in processes:
+            # A child's first calls can be logged before its parent's clone()
+            # returns. Only the first process runs outside the chroot, and it
+            # forks nothing before chroot(), so a new process starts inside.
+            processes[pid] = _Process(chrooted=bool(processes))
+        process = processes[pid]
+        if name in _FORKS and result.isdigit():
+            child = processes.setdefault(result, _Process(process.chrooted))
+            if not child.moved:
+                child.cwd = process.cwd
+            continue
+        if name == "chroot":
+            if result == "0":
+                process.chrooted = True
+            continue
+        if not process.chrooted:
+            continue
+        if name == "fchdir":
+            fd = _FD.match(args)
+            target = inside(fd.group(2)) if fd and result == "0" else None
+            if target:
+                process.cwd, process.moved = target, True
+            continue
+        strings = _STRING.findall(args)
+        if not strings:
+            continue
+        path = _unescape(strings[0])
+        if not path.startswith("/"):
+            base = process.cwd
+            fd = _FD.match(args)
+            if name.endswith("at") or name in ("openat2", "statx", "faccessat2"):
+                if fd:
+                    base = inside(fd.group(2)) or process.cwd
+            path = posixpath.join(base, path)
+        path = posixpath.normpath(path)
+        if path.startswith("//"):
+            path = path[1:]
+        paths.add(path)
+        # With -y the returned fd shows where an open really landed.
+        opened = _FD.match(result)
+        if opened:
+            landed = inside(opened.group(2))
+            if landed:
+                paths.add(landed)
+        if name == "chdir" and result == "0":
+            process.cwd, process.moved = path, True
+    return paths

@@ -1,0 +1,316 @@
+"""The Docker boundary: the only module that talks to the Docker SDK.
+
+It finds or builds the builder image, creates the session and helper
+containers with the privileges the agent needs, moves files in and out, and
+removes everything it created on every exit path. Docker's own exceptions
+never pass this module: they become EngineError with a hint at the cause.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from nbic import __version__
+from nbic.errors import NbicError
+
+log = logging.getLogger("nbic")
+
+BUILDER_REPOSITORY = "nbic-builder"
+LABEL = "nbic"  # every container and volume nbic makes carries it
+# What the agent needs: mounts (overlay, proc, sysfs), fanotify, chroot, ptrace.
+# Not `privileged`: some hosts cannot grant every capability (a bounding set
+# without CAP_SYS_RESOURCE makes Docker refuse privileged containers), so ask
+# for all but that one.
+AGENT_PRIVILEGES: dict[str, Any] = {
+    "cap_add": ["ALL"],
+    "cap_drop": ["SYS_RESOURCE"],
+    "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
+}
+
+
+class EngineError(NbicError):
+    """Docker is unreachable, refused something, or a container failed."""
+
+
+def _explain(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, docker.errors.APIError) and exc.explanation:
+        text = str(exc.explanation)
+    lowered = text.lower()
+    if "permission denied" in lowered and "docker.sock" in lowered:
+        return (f"{text}: no permission to use Docker; add your user to the 'docker' group "
+                "or use rootless Docker")
+    if any(word in lowered for word in ("connection refused", "no such file or directory",
+                                        "connection aborted", "error while fetching server")):
+        return (f"cannot reach the Docker engine ({text.splitlines()[0]}); start it "
+                "(e.g. `sudo systemctl start docker`) or set DOCKER_HOST")
+    return text
+
+
+@contextmanager
+def docker_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise EngineError(f"{what}: {_explain(exc)}") from exc
+
+
+def connect() -> docker.DockerClient:
+    """A client for the engine named by the environment (DOCKER_HOST or the socket)."""
+    with docker_errors("Docker"):
+        client = docker.from_env(timeout=600)
+        client.ping()
+    return client
+
+
+# --- the builder image --------------------------------------------------------
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DOCKERFILE = PACKAGE_DIR / "builder" / "Dockerfile"
+
+
+def _context_files() -> list[tuple[str, Path]]:
+    files = [("Dockerfile", DOCKERFILE)]
+    for path in sorted(PACKAGE_DIR.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+            files.append(("nbic/" + path.relative_to(PACKAGE_DIR).as_posix(), path))
+    return files
+
+
+def builder_context() -> tuple[bytes, str]:
+    """The build context (Dockerfile + the installed nbic package) and its digest.
+
+    Built from the package itself, so an installed wheel builds its own image.
+    """
+    digest = hashlib.sha256()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, path in _context_files():
+            data = path.read_bytes()
+            digest.update(name.encode() + b"\0" + data + b"\0")
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue(), digest.hexdigest()
+
+
+def builder_image(client: docker.DockerClient) -> str:
+    """The builder image's tag, building it on first use (tagged by nbic's version
+    and the digest of its context, so a changed agent gets a new image)."""
+    context, digest = builder_context()
+    tag = f"{BUILDER_REPOSITORY}:{__version__}-{digest[:12]}"
+    with docker_errors("looking up the builder image"):
+        try:
+            client.images.get(tag)
+            return tag
+        except docker.errors.ImageNotFound:
+            pass
+    log.info("building the builder image %s (once per nbic version)", tag)
+    try:
+        client.images.build(fileobj=io.BytesIO(context), custom_context=True, tag=tag,
+                            rm=True, forcerm=True, labels={LABEL: "builder"})
+    except docker.errors.BuildError as exc:
+        tail = "".join(str(line.get("stream", line.get("error", ""))) for line in
+                       list(exc.build_log)[-8:]).strip()
+        raise EngineError(f"building the builder image failed: {exc.msg}\n{tail}") from exc
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise EngineError(f"building the builder image: {_explain(exc)}") from exc
+    return tag
+
+
+# --- containers ---------------------------------------------------------------
+
+@contextmanager
+def container(client: docker.DockerClient, image: str, command: list[str], *,
+              role: str, **options: Any) -> Iterator[Any]:
+    """A created (not started) container, removed with force on every exit."""
+    labels = {LABEL: role, **options.pop("labels", {})}
+    with docker_errors(f"creating the {role} container"):
+        created = client.containers.create(image, command, labels=labels, **options)
+    try:
+        yield created
+    finally:
+        remove_container(created)
+
+
+def remove_container(created: Any) -> None:
+    try:
+        created.remove(force=True, v=False)
+    except docker.errors.NotFound:
+        pass
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        log.warning("could not remove container %s: %s", created.short_id, _explain(exc))
+
+
+def start(created: Any, what: str) -> None:
+    with docker_errors(what):
+        created.start()
+
+
+def run_to_end(created: Any, what: str) -> int:
+    """Start a container and wait for it; returns its exit status."""
+    with docker_errors(what):
+        created.start()
+        return int(created.wait()["StatusCode"])
+
+
+def logs_tail(created: Any, lines: int = 20) -> str:
+    with docker_errors("reading container logs"):
+        return created.logs(tail=lines).decode("utf-8", "replace").strip()
+
+
+class ChunkReader(io.RawIOBase):
+    """A file over an iterator of byte chunks (the SDK's archive streams)."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = iter(chunks)
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+            except (docker.errors.DockerException,
+                    requests.exceptions.RequestException) as exc:
+                raise EngineError(f"reading from Docker: {_explain(exc)}") from exc
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        return size
+
+
+@contextmanager
+def fetch_tree(created: Any, path: str
+               ) -> Iterator[Iterator[tuple[tarfile.TarInfo, BinaryIO | None]]]:
+    """Stream a path out of a (possibly stopped) container: (member, data) pairs,
+    each member's data readable until the next is taken."""
+    with docker_errors(f"fetching {path} from a container"):
+        chunks, _stat = created.get_archive(path, chunk_size=1 << 20)
+    stream = io.BufferedReader(ChunkReader(chunks), 1 << 20)
+    with tarfile.open(fileobj=stream, mode="r|", encoding="utf-8",
+                      errors="surrogateescape") as archive:
+        yield ((info, archive.extractfile(info) if info.isreg() else None)
+               for info in archive)
+
+
+@contextmanager
+def fetch_file(created: Any, path: str) -> Iterator[BinaryIO]:
+    """Stream one file out of a (possibly stopped) container."""
+    with fetch_tree(created, path) as members:
+        for _info, data in members:
+            if data is not None:
+                yield data
+                return
+    raise EngineError(f"{path} is not a file in the container")
+
+
+def put_files(created: Any, directory: str, files: dict[str, bytes]) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o755
+            archive.addfile(info, io.BytesIO(data))
+    with docker_errors(f"copying into {directory}"):
+        created.put_archive(directory, buffer.getvalue())
+
+
+# --- volumes and images -------------------------------------------------------
+
+def find_volume(client: docker.DockerClient, name: str) -> Any | None:
+    with docker_errors(f"looking up volume {name}"):
+        try:
+            return client.volumes.get(name)
+        except docker.errors.NotFound:
+            return None
+
+
+def create_volume(client: docker.DockerClient, name: str, labels: dict[str, str]) -> Any:
+    with docker_errors(f"creating volume {name}"):
+        return client.volumes.create(name, labels={LABEL: "rootfs", **labels})
+
+
+def remove_volume(volume: Any) -> None:
+    try:
+        volume.remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        log.warning("could not remove volume %s: %s", volume.name, _explain(exc))
+
+
+def list_volumes(client: docker.DockerClient, role: str) -> list[Any]:
+    with docker_errors("listing volumes"):
+        return client.volumes.list(filters={"label": f"{LABEL}={role}"})
+
+
+def image_id(client: docker.DockerClient, reference: str) -> str:
+    with docker_errors(f"Docker image {reference}"):
+        try:
+            return client.images.get(reference).id
+        except docker.errors.ImageNotFound:
+            raise EngineError(f"Docker image {reference} is not on this engine "
+                              f"(docker pull {reference} first)") from None
+
+
+@contextmanager
+def exported_image(client: docker.DockerClient, reference: str) -> Iterator[Iterator[bytes]]:
+    """The filesystem of an image as tar chunks (a created, never started container)."""
+    with container(client, reference, ["/nbic-never-started"], role="export") as created, \
+            docker_errors(f"exporting {reference}"):
+        yield created.export(chunk_size=1 << 20)
+
+
+def put_stream(created: Any, directory: str, chunks: Iterator[bytes], what: str) -> None:
+    with docker_errors(what):
+        if not created.put_archive(directory, chunks):
+            raise EngineError(f"{what}: Docker refused the archive")
+
+
+def run_in(created: Any, command: list[str], what: str) -> str:
+    with docker_errors(what):
+        result = created.exec_run(command)
+    output = result.output.decode("utf-8", "replace")
+    if result.exit_code:
+        raise EngineError(f"{what} failed ({result.exit_code}): {output.strip()[-2000:]}")
+    return output
+
+
+def attach_socket(created: Any) -> Any:
+    """A raw socket carrying the container's TTY both ways (attach before start)."""
+    with docker_errors("attaching to the session"):
+        wrapped = created.client.api.attach_socket(
+            created.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+    return getattr(wrapped, "_sock", wrapped)
+
+
+def resize(created: Any, rows: int, columns: int) -> None:
+    with docker_errors("resizing the session's terminal"):
+        created.resize(height=rows, width=columns)
+
+
+def output(created: Any) -> Iterator[tuple[bytes | None, bytes | None]]:
+    """The container's (stdout, stderr) chunks from its start until it ends."""
+    with docker_errors("reading the session's output"):
+        yield from created.attach(stdout=True, stderr=True, stream=True, demux=True, logs=True)
+
+
+def wait(created: Any) -> int:
+    with docker_errors("waiting for the session"):
+        return int(created.wait()["StatusCode"])

@@ -1,0 +1,256 @@
+"""Reference rootfs sources and their cache of Docker volumes.
+
+A source (a tar, a directory, a Docker image, or a Debian suite to
+debootstrap) is imported once into a volume named by its content digest; later
+sessions mount that volume read-only under an overlay, so the cache is never
+changed by a session. Imports go through Docker's archive API as one stream:
+the host never extracts the rootfs, and debootstrap runs in a container.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import hashlib
+import logging
+import os
+import tarfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from nbic import engine
+from nbic.agent.protocol import READY_MARK
+from nbic.cpio.archive import Member, order
+from nbic.cpio.compress import decompressor_for, detect
+from nbic.cpio.entry import FileType
+from nbic.cpio.source import CHUNK, ByteSource, DecompressedSource
+from nbic.errors import NbicError, RootfsError, UsageError
+from nbic.output import atomic_output
+from nbic.tarstream import write_tar
+from nbic.tree import DirTree
+
+log = logging.getLogger("nbic")
+
+DEFAULT_SOURCE = "debootstrap:bookworm"
+DEFAULT_MIRROR = os.environ.get("NBIC_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+VOLUME_PREFIX = "nbic-rootfs-"
+IMPORT_DIR = "/import"  # the volume, in the import container
+
+
+class SourceKind(enum.Enum):
+    TAR = "tar"
+    DIR = "dir"
+    DOCKER = "docker"
+    DEBOOTSTRAP = "debootstrap"
+
+
+@dataclass(frozen=True)
+class RootfsSource:
+    kind: SourceKind
+    location: str  # a path, an image reference, or a suite
+    mirror: str = DEFAULT_MIRROR
+
+    def __str__(self) -> str:
+        if self.kind is SourceKind.DEBOOTSTRAP:
+            return f"debootstrap:{self.location}"
+        if self.kind is SourceKind.DOCKER:
+            return f"docker:{self.location}"
+        return self.location
+
+
+def parse_source(text: str | None) -> RootfsSource:
+    """`FILE.tar[.gz|.xz|.zst]`, `DIR`, `docker:REF`, `debootstrap:SUITE[:MIRROR]`."""
+    text = text or DEFAULT_SOURCE
+    if text.startswith("docker:"):
+        return RootfsSource(SourceKind.DOCKER, text.removeprefix("docker:"))
+    if text.startswith("debootstrap:"):
+        suite, _, mirror = text.removeprefix("debootstrap:").partition(":")
+        if not suite:
+            raise UsageError("debootstrap: needs a suite, e.g. debootstrap:bookworm")
+        return RootfsSource(SourceKind.DEBOOTSTRAP, suite, mirror or DEFAULT_MIRROR)
+    path = Path(text)
+    if path.is_dir():
+        return RootfsSource(SourceKind.DIR, str(path.resolve()))
+    if path.is_file():
+        return RootfsSource(SourceKind.TAR, str(path.resolve()))
+    raise RootfsError(f"rootfs {text} does not exist (give a tar, a directory, docker:IMAGE "
+                      "or debootstrap:SUITE)")
+
+
+# --- tar streams of each source ----------------------------------------------
+
+def _file_chunks(path: str) -> Iterator[bytes]:
+    """A tar file's bytes, decompressed here when compressed (Docker takes plain tar)."""
+    with open(path, "rb") as stream:
+        head = stream.read(8)
+        stream.seek(0)
+        method = detect(head)
+        if method is None:
+            while chunk := stream.read(CHUNK):
+                yield chunk
+            return
+        source = DecompressedSource(ByteSource(stream, path), decompressor_for(method, head),
+                                    method.value)
+        while chunk := source.read_some(CHUNK):
+            yield chunk
+
+
+def _directory_chunks(root: str) -> Iterator[bytes]:
+    """A directory as a deterministic tar stream, made by a writer thread."""
+    tree = DirTree(root)
+    read_fd, write_fd = os.pipe()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with os.fdopen(write_fd, "wb") as out:
+                members = [Member(entry, (lambda name=name: tree.open(name))
+                                  if entry.type is FileType.FILE else None)
+                           for name, entry in tree.entries.items()]
+                write_tar(out, order(members))
+        except BaseException as exc:  # reported by the reading side
+            failure.append(exc)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    with os.fdopen(read_fd, "rb") as stream:
+        while chunk := stream.read(CHUNK):
+            yield chunk
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+def _digest(chunks: Iterator[bytes]) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_key(client, source: RootfsSource) -> str:
+    match source.kind:
+        case SourceKind.TAR:
+            return _digest(_file_chunks(source.location))
+        case SourceKind.DIR:
+            return _digest(_directory_chunks(source.location))
+        case SourceKind.DOCKER:
+            return engine.image_id(client, source.location).removeprefix("sha256:")
+        case SourceKind.DEBOOTSTRAP:
+            text = f"debootstrap\0{source.location}\0{source.mirror}\0minbase"
+            return hashlib.sha256(text.encode()).hexdigest()
+    raise UsageError(f"unknown rootfs kind {source.kind}")
+
+
+# --- the cache ----------------------------------------------------------------
+
+def ensure(client, source: RootfsSource, builder: str) -> str:
+    """The name of a volume holding `source` under rootfs/, importing it if needed."""
+    key = cache_key(client, source)
+    name = VOLUME_PREFIX + key[:16]
+    if engine.find_volume(client, name) is not None:
+        log.debug("rootfs %s: cached in volume %s", source, name)
+        return name
+    log.info("importing rootfs %s into volume %s (once)", source, name)
+    volume = engine.create_volume(client, name, {"nbic.source": str(source)[:200],
+                                                 "nbic.digest": key})
+    try:
+        _import(client, source, builder, name)
+    except BaseException:
+        # An interrupted import must not look like a cache entry.
+        engine.remove_volume(volume)
+        raise
+    return name
+
+
+def _import(client, source: RootfsSource, builder: str, volume: str) -> None:
+    mounts = {volume: {"bind": IMPORT_DIR, "mode": "rw"}}
+    if source.kind is SourceKind.DEBOOTSTRAP:
+        script = (f"debootstrap --variant=minbase {source.location} {IMPORT_DIR}/rootfs "
+                  f"{source.mirror} && touch {IMPORT_DIR}/{READY_MARK}")
+        with engine.container(client, builder, ["sh", "-c", script], role="import",
+                              volumes=mounts) as helper:
+            status = engine.run_to_end(helper, "debootstrap")
+            if status:
+                raise RootfsError(f"debootstrap {source.location} failed ({status}):\n"
+                                  f"{engine.logs_tail(helper)}")
+        return
+    with engine.container(client, builder, ["sleep", "infinity"], role="import",
+                          volumes=mounts) as helper:
+        engine.start(helper, "starting the import container")
+        engine.run_in(helper, ["mkdir", "-p", f"{IMPORT_DIR}/rootfs"], "preparing the import")
+        if source.kind is SourceKind.DOCKER:
+            with engine.exported_image(client, source.location) as chunks:
+                engine.put_stream(helper, f"{IMPORT_DIR}/rootfs", chunks, f"importing {source}")
+        else:
+            chunks = (_file_chunks(source.location) if source.kind is SourceKind.TAR
+                      else _directory_chunks(source.location))
+            engine.put_stream(helper, f"{IMPORT_DIR}/rootfs", chunks, f"importing {source}")
+        engine.run_in(helper, ["touch", f"{IMPORT_DIR}/{READY_MARK}"], "finishing the import")
+
+
+# --- `nbic rootfs ...` --------------------------------------------------------
+
+HELP = "manage the cache of imported root filesystems"
+
+
+def export_tar(client, volume: str, builder: str, output: str) -> None:
+    """Write a cached rootfs out as a plain tar, names relative to its root."""
+    mounts = {volume: {"bind": "/cache", "mode": "ro"}}
+    with engine.container(client, builder, ["true"], role="export", volumes=mounts) as helper, \
+            engine.fetch_tree(helper, "/cache/rootfs") as members, \
+            atomic_output(output) as out, \
+            tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as archive:
+        for info, data in members:
+            # Docker names everything under the directory's own name: drop it.
+            info.name = info.name.partition("/")[2] or "."
+            if info.islnk():
+                info.linkname = info.linkname.partition("/")[2]
+            archive.addfile(info, data)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="rootfs_action", required=True, metavar="ACTION")
+    actions.add_parser("ls", help="list cached root filesystems")
+    remove = actions.add_parser("rm", help="remove cached root filesystems")
+    remove.add_argument("names", nargs="*", metavar="NAME", help="volume names (see ls)")
+    remove.add_argument("--all", action="store_true", help="remove every cached rootfs")
+    bootstrap = actions.add_parser("debootstrap", help="debootstrap a Debian suite "
+                                   "(in a container) into the cache, optionally as a tar")
+    bootstrap.add_argument("suite", help="e.g. bookworm")
+    bootstrap.add_argument("--mirror", default=DEFAULT_MIRROR)
+    bootstrap.add_argument("-o", "--output", metavar="FILE.tar", help="also write it as a tar")
+    imported = actions.add_parser("import", help="import a rootfs source into the cache now")
+    imported.add_argument("source", help="FILE.tar, DIR, docker:IMAGE or debootstrap:SUITE")
+
+
+def run(args: argparse.Namespace) -> int:
+    client = engine.connect()
+    if args.rootfs_action == "ls":
+        for volume in sorted(engine.list_volumes(client, "rootfs"), key=lambda v: v.name):
+            print(f"{volume.name}  {volume.attrs.get('Labels', {}).get('nbic.source', '?')}")
+        return 0
+    if args.rootfs_action == "rm":
+        volumes = {v.name: v for v in engine.list_volumes(client, "rootfs")}
+        names = sorted(volumes) if args.all else args.names
+        if not names:
+            raise UsageError("name volumes to remove, or give --all")
+        for name in names:
+            if name not in volumes:
+                raise NbicError(f"no cached rootfs named {name} (see nbic rootfs ls)")
+            engine.remove_volume(volumes[name])
+            log.info("removed %s", name)
+        return 0
+    builder = engine.builder_image(client)
+    if args.rootfs_action == "import":
+        print(ensure(client, parse_source(args.source), builder))
+        return 0
+    source = RootfsSource(SourceKind.DEBOOTSTRAP, args.suite, args.mirror)
+    volume = ensure(client, source, builder)
+    if args.output:
+        export_tar(client, volume, builder, args.output)
+        log.info("wrote %s", args.output)
+    print(volume)
+    return 0
