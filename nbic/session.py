@@ -210,8 +210,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     command = tuple(args.command[1:] if args.command[:1] == ["--"] else args.command)
     if command and args.script:
         raise UsageError("give a command or --script, not both")
-    interactive = not command and not args.script and sys.stdin.isatty() \
-        and sys.stdout.isatty()
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
     return RunConfig(
         output=args.output, rootfs=args.rootfs, command=command, script=args.script,
         tracer=Tracer(args.tracer), interactive=interactive,

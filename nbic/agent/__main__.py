@@ -29,7 +29,7 @@ from nbic.agent.protocol import (
     SessionSpec,
     Tracer,
 )
-from nbic.agent.syscalls import MNT_DETACH, MS_BIND, MS_REC, mount, umount
+from nbic.agent.syscalls import MNT_DETACH, MS_BIND, MS_RDONLY, MS_REC, MS_REMOUNT, mount, umount
 from nbic.closure import DEFAULT_DEVICES, ClosureConfig, parse_device, select
 from nbic.cpio.archive import Member, order
 from nbic.errors import NbicError
@@ -51,9 +51,8 @@ class _Collector(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def _mounts(spec: SessionSpec) -> list[str]:
-    """The session's world; returns the mounts inside the overlay, innermost first,
-    to undo before the overlay is walked for the closure."""
+def _mounts(spec: SessionSpec) -> None:
+    """The session's world: the overlay, and proc, sys, dev and DNS inside it."""
     if not os.path.exists(f"{os.path.dirname(CACHE_ROOTFS)}/{READY_MARK}"):
         raise NbicError("the rootfs cache volume is incomplete (an interrupted import?): "
                         "remove it with `nbic rootfs rm` and run again")
@@ -64,7 +63,6 @@ def _mounts(spec: SessionSpec) -> list[str]:
     os.makedirs(ROOTFS, exist_ok=True)
     mount("overlay", ROOTFS, "overlay", 0, f"lowerdir={CACHE_ROOTFS},"
           f"upperdir={SESSION_DIR}/upper,workdir={SESSION_DIR}/work")
-    undo = []
     for target, fstype, source, flags in (
             ("proc", "proc", "proc", 0), ("sys", "sysfs", "sysfs", 0),
             ("dev", None, "/dev", MS_BIND | MS_REC)):
@@ -73,7 +71,8 @@ def _mounts(spec: SessionSpec) -> list[str]:
             continue
         os.makedirs(path, exist_ok=True)
         mount(source, path, fstype, flags)
-        undo.append(path)
+        if fstype == "proc":
+            _protect_host(path)
     resolv = f"{ROOTFS}/etc/resolv.conf"
     # The session may need the network (apt-get); give it the container's DNS.
     if os.path.isdir(f"{ROOTFS}/etc") and not os.path.islink(resolv) \
@@ -81,14 +80,36 @@ def _mounts(spec: SessionSpec) -> list[str]:
         if not os.path.exists(resolv):
             open(resolv, "w").close()
         mount("/etc/resolv.conf", resolv, None, MS_BIND)
-        undo.append(resolv)
     if spec.script:
         os.makedirs(f"{ROOTFS}{SCRIPT_DIR}", exist_ok=True)
         mount("tmpfs", f"{ROOTFS}{SCRIPT_DIR}", "tmpfs", 0, "mode=0755")
-        undo.append(f"{ROOTFS}{SCRIPT_DIR}")
         shutil.copy(f"{INPUT_DIR}/{spec.script}", f"{ROOTFS}{SCRIPT_DIR}/script")
         os.chmod(f"{ROOTFS}{SCRIPT_DIR}/script", 0o755)
-    return list(reversed(undo))
+
+
+def _protect_host(proc: str) -> None:
+    """A fresh proc is not masked the way Docker masks the container's own: keep
+    the session from reaching the real machine through it."""
+    mount(f"{proc}/sys", f"{proc}/sys", None, MS_BIND | MS_REC)
+    mount(f"{proc}/sys", f"{proc}/sys", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+    for name in ("sysrq-trigger", "kcore", "kmsg"):
+        if os.path.exists(f"{proc}/{name}"):
+            mount("/dev/null", f"{proc}/{name}", None, MS_BIND)
+
+
+def _unmount_inside(root: str) -> None:
+    """Undo every mount below the overlay, ours and any the session made (the
+    seed's /chroot mounts proc itself), so the closure walks only the rootfs."""
+    while True:
+        with open("/proc/self/mountinfo", encoding="utf-8") as table:
+            points = [line.split()[4].encode().decode("unicode_escape")
+                      for line in table]
+        inside = sorted({p for p in points if p.startswith(root + "/")},
+                        key=lambda p: p.count("/"), reverse=True)
+        if not inside:
+            return
+        for point in inside:
+            umount(point, MNT_DETACH)
 
 
 def _session_argv(spec: SessionSpec) -> list[str]:
@@ -117,7 +138,7 @@ def _start_fanotify(spec: SessionSpec, notices: list[str]) -> FanotifyTracer | N
 
 def run_session(spec: SessionSpec, collector: _Collector) -> SessionResult:
     notices: list[str] = []
-    undo = _mounts(spec)
+    _mounts(spec)
     fanotify = None
     if spec.tracer in (Tracer.AUTO, Tracer.FANOTIFY, Tracer.BOTH):
         fanotify = _start_fanotify(spec, notices)
@@ -133,13 +154,13 @@ def run_session(spec: SessionSpec, collector: _Collector) -> SessionResult:
     traced: set[str] = set()
     if fanotify is not None:
         traced |= fanotify.finish()
+    _unmount_inside(ROOTFS)
+    tree = DirTree(ROOTFS)
     if use_ptrace:
         if not os.path.exists(STRACE_LOG):
             raise TraceError("strace left no log: the ptrace trace failed")
         with open(STRACE_LOG, encoding="utf-8", errors="surrogateescape") as log:
-            traced |= strace.parse(log, ROOTFS)
-    for path in undo:
-        umount(path, MNT_DETACH)
+            traced |= strace.complete(strace.parse(log, ROOTFS), tree)
     tracer_name = "both" if fanotify and use_ptrace else ("ptrace" if use_ptrace else "fanotify")
 
     traced.discard("/")
@@ -150,7 +171,6 @@ def run_session(spec: SessionSpec, collector: _Collector) -> SessionResult:
               errors="surrogateescape") as out:
         out.writelines(path + "\n" for path in sorted(traced))
 
-    tree = DirTree(ROOTFS)
     # Files the session created and deleted were traced but are gone: drop
     # them quietly. Paths from the user's lists must exist.
     traced_present = [path for path in traced if tree.resolve(path).target is not None]

@@ -9,6 +9,7 @@ drained knowing no process will open anything more.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -34,10 +35,8 @@ def run(argv: list[str], env: dict[str, str], *, chroot_dir: str | None) -> int:
     forwarded = {}
 
     def forward(signum, _frame):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signum)
-        except ProcessLookupError:
-            pass
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         forwarded[signum] = signal.signal(signum, forward)
@@ -76,10 +75,8 @@ def _child(argv: list[str], env: dict[str, str], chroot_dir: str | None) -> None
 def kill_leftovers() -> None:
     """Kill every other process in the container (the agent is PID 1) and reap."""
     for signum in (signal.SIGTERM, signal.SIGKILL):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(-1, signum)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:
             try:

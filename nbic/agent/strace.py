@@ -13,7 +13,12 @@ import codecs
 import os
 import posixpath
 import re
+import struct
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from nbic.cpio.entry import FileType
+from nbic.tree import Tree
 
 STRACE = "strace"
 _SYSCALLS = "%file,fchdir,clone,clone3,fork,vfork"
@@ -29,7 +34,7 @@ _LINE = re.compile(r"^(\d+)\s+(.*)$")
 _CALL = re.compile(r"^(\w+)\((.*)\)\s+=\s+(\S+)(.*)$")
 _RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>(.*)$")
 _STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
-_FD = re.compile(r"^(-?\d+)<(.*?)>")
+_FD = re.compile(r"^(-?\d+|AT_FDCWD)<(.*?)>")  # -y decodes AT_FDCWD as the cwd
 _UNFINISHED = " <unfinished ...>"
 _FORKS = {"clone", "clone3", "fork", "vfork"}
 
@@ -47,12 +52,19 @@ class _Process:
         self.moved = False  # changed directory itself
 
 
-def parse(lines: Iterable[str], root: str) -> set[str]:
-    """Paths (inside `root`) that the chrooted processes of a strace log looked up."""
+@dataclass
+class StraceTrace:
+    paths: set[str] = field(default_factory=set)  # every path looked up
+    executed: set[str] = field(default_factory=set)  # programs execve'd successfully
+
+
+def parse(lines: Iterable[str], root: str) -> StraceTrace:
+    """What the chrooted processes of a strace log looked up (paths inside `root`)."""
     root = root.rstrip("/")
     processes: dict[str, _Process] = {}
     pending: dict[str, str] = {}
-    paths: set[str] = set()
+    trace = StraceTrace()
+    paths = trace.paths
 
     def inside(path: str) -> str | None:
         if path == root or path.startswith(root + "/"):
@@ -104,9 +116,8 @@ def parse(lines: Iterable[str], root: str) -> set[str]:
         if not path.startswith("/"):
             base = process.cwd
             fd = _FD.match(args)
-            if name.endswith("at") or name in ("openat2", "statx", "faccessat2"):
-                if fd:
-                    base = inside(fd.group(2)) or process.cwd
+            if fd and (name.endswith("at") or name in ("openat2", "statx", "faccessat2")):
+                base = inside(fd.group(2)) or process.cwd
             path = posixpath.join(base, path)
         path = posixpath.normpath(path)
         if path.startswith("//"):
@@ -120,4 +131,62 @@ def parse(lines: Iterable[str], root: str) -> set[str]:
                 paths.add(landed)
         if name == "chdir" and result == "0":
             process.cwd, process.moved = path, True
-    return paths
+        if name in ("execve", "execveat") and result == "0":
+            trace.executed.add(path)
+    return trace
+
+
+def complete(trace: StraceTrace, tree: Tree) -> set[str]:
+    """Add what the kernel itself opens, which no system call shows: the real file
+    behind each path, and the interpreters of executed programs (ELF PT_INTERP,
+    a script's #! line)."""
+    result = set(trace.paths)
+    pending = list(trace.executed)
+    while pending:
+        program = tree.resolve(pending.pop()).target
+        if program is None or ("/" + program in result and program in trace.executed):
+            continue
+        result.add("/" + program)
+        interpreter = _interpreter(tree, program)
+        if interpreter and interpreter not in result:
+            result.add(interpreter)
+            pending.append(interpreter)
+    for path in trace.paths:
+        target = tree.resolve(path).target
+        if target and target != ".":
+            result.add("/" + target)
+    return result
+
+
+_ELF_HEADER = struct.Struct("<4sB11xHHIQQQIHHHHHH")
+_PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")
+_PT_INTERP = 3
+
+
+def _interpreter(tree: Tree, name: str) -> str | None:
+    entry = tree.get(name)
+    if entry is None or entry.type is not FileType.FILE:
+        return None
+    try:
+        with tree.open(name) as stream:
+            head = stream.read(4096)
+            if head.startswith(b"#!"):
+                words = head[2:].split(b"\n", 1)[0].split()
+                return os.fsdecode(words[0]) if words else None
+            if len(head) < _ELF_HEADER.size or not head.startswith(b"\x7fELF") or head[4] != 2:
+                return None  # only 64-bit little-endian ELF is read here
+            fields = _ELF_HEADER.unpack_from(head)
+            phoff, phentsize, phnum = fields[6], fields[10], fields[11]
+            for index in range(phnum):
+                stream.seek(phoff + index * phentsize)
+                header = stream.read(_PROGRAM_HEADER.size)
+                if len(header) < _PROGRAM_HEADER.size:
+                    return None
+                kind, _flags, offset, _vaddr, _paddr, size = \
+                    _PROGRAM_HEADER.unpack(header)[:6]
+                if kind == _PT_INTERP:
+                    stream.seek(offset)
+                    return os.fsdecode(stream.read(size).split(b"\0", 1)[0])
+    except OSError:
+        return None
+    return None

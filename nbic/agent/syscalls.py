@@ -16,6 +16,7 @@ _libc.fanotify_mark.argtypes = (ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ct
 MS_RDONLY = 1
 MS_BIND = 4096
 MS_REC = 16384
+MS_REMOUNT = 32
 MNT_DETACH = 2
 
 

@@ -1,0 +1,244 @@
+"""`nbic run` against the real Docker engine: sessions, tracers, sources, cleanup.
+
+The images the tests need from Docker come from tests/docker-compose.yml
+through pytest-docker (the `docker_engine` fixture).
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from docker_fixtures import ROOTFS_IMAGE, ROOTFS_IMAGE_HELLO
+
+from nbic.boot import BootConfig, BootOutcome, boot
+from nbic.cpio.entry import FileType
+from nbic.cpio.image import read_entries
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The seed's convention: one /chroot script starts the session and, as /init,
+# the boot. It mounts proc itself, as the seed's example does.
+CHROOT_SCRIPT = b"""#!/bin/bash
+mount -t proc proc /proc
+cat /etc/hostname
+ls /
+echo NBIC-QUICKSTART-OK
+umount /proc
+"""
+
+
+def nbic(*args, check=True, **options) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "nbic.cli", *map(str, args)], cwd=REPO,
+                            capture_output=True, text=True, **options)
+    if check and result.returncode:
+        raise AssertionError(f"nbic {args} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def quickstart_tar(rootfs_tar, tmp_path_factory) -> Path:
+    """The bookworm rootfs tar with the seed's /chroot script added."""
+    target = tmp_path_factory.mktemp("quickstart") / "sarge.tar"
+    shutil.copyfile(rootfs_tar, target)
+    with tarfile.open(target, "a") as archive:
+        info = tarfile.TarInfo("./chroot")
+        info.size, info.mode = len(CHROOT_SCRIPT), 0o755
+        archive.addfile(info, __import__("io").BytesIO(CHROOT_SCRIPT))
+    return target
+
+
+def names(image: Path) -> dict:
+    return {entry.name: entry for entry in read_entries(image)}
+
+
+def nbic_containers(client) -> list:
+    return [c for c in client.containers.list(all=True, filters={"label": "nbic"})
+            if c.labels.get("nbic") in ("session", "import", "export")]
+
+
+def test_quick_start_traces_the_session_and_the_image_boots(
+        docker_engine, quickstart_tar, kernel, tmp_path):
+    image = tmp_path / "bash.cpio"
+    result = nbic("run", "--rootfs", quickstart_tar, "-o", image, "--trace-out",
+                  tmp_path / "trace.list")
+    assert "NBIC-QUICKSTART-OK" in result.stdout
+    entries = names(image)
+    for program in ("bash", "cat", "ls", "mount", "umount"):
+        assert entries[f"usr/bin/{program}"].type is FileType.FILE, program
+    assert entries["usr/lib/x86_64-linux-gnu/libc.so.6"].type is FileType.FILE
+    assert entries["bin"].linkname == "usr/bin"
+    assert entries["lib64"].type is FileType.SYMLINK
+    assert entries["dev/console"].rdevmajor == 5
+    assert entries["init"].linkname == "/chroot"
+    assert "usr/bin/tr" not in entries and "usr/bin/apt-get" not in entries
+    assert "etc/hostname" in entries
+    traced = (tmp_path / "trace.list").read_text().split()
+    assert "/usr/bin/cat" in traced and "/chroot" in traced
+    assert not nbic_containers(docker_engine)
+
+    booted = boot(image, BootConfig(kernel=kernel, expect=("NBIC-QUICKSTART-OK",),
+                                    timeout=180))
+    assert booted.outcome is BootOutcome.PASSED, booted.tail()
+    assert "usr" in booted.console.split("Run /init as init process")[-1]
+
+
+def test_the_rootfs_is_imported_once(docker_engine, quickstart_tar, tmp_path):
+    nbic("run", "--rootfs", quickstart_tar, "-o", tmp_path / "a.cpio", "--", "true")
+    second = nbic("run", "--rootfs", quickstart_tar, "-o", tmp_path / "b.cpio", "--", "true")
+    assert "importing" not in second.stderr
+
+
+def test_interactive_session_through_a_pseudo_terminal(docker_engine, quickstart_tar,
+                                                        tmp_path):
+    import pty
+
+    image = tmp_path / "tty.cpio"
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(REPO)
+        os.execv(sys.executable, [sys.executable, "-m", "nbic.cli", "run", "--rootfs",
+                                  str(quickstart_tar), "-o", str(image), "--", "/bin/bash",
+                                  "--norc", "-i"])
+    transcript = b""
+
+    def read_until(marker: bytes, timeout: float = 120) -> None:
+        nonlocal transcript
+        deadline = time.monotonic() + timeout
+        while marker not in transcript:
+            assert time.monotonic() < deadline, transcript.decode(errors="replace")
+            try:
+                transcript += os.read(fd, 4096)
+            except OSError:
+                break
+
+    read_until(b"# ")
+    os.write(fd, b"cat /etc/hostname; echo TYPED-$((6*7))\r")
+    read_until(b"TYPED-42")
+    os.write(fd, b"ls /usr\r")
+    read_until(b"share")
+    os.write(fd, b"exit 3\r")
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk or time.monotonic() > deadline:
+            break
+        transcript += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 3  # the session's status, passed back
+    entries = names(image)
+    assert "usr/bin/cat" in entries and "usr/bin/ls" in entries
+    assert "usr/bin/tr" not in entries
+
+
+def test_a_package_installed_in_the_session_is_in_the_image(docker_engine, quickstart_tar,
+                                                             tmp_path):
+    script = tmp_path / "install.sh"
+    script.write_text("#!/bin/sh\nset -e\napt-get -q update >/dev/null\n"
+                      "apt-get -q install -y --no-install-recommends hello >/dev/null\n"
+                      "hello\n")
+    image = tmp_path / "hello.cpio"
+    result = nbic("run", "--rootfs", quickstart_tar, "--script", script, "-o", image,
+                  "--init", "/usr/bin/hello")
+    assert "Hello, world!" in result.stdout
+    entries = names(image)
+    assert entries["usr/bin/hello"].type is FileType.FILE
+    assert entries["init"].linkname == "/usr/bin/hello"
+    assert ".nbic" not in entries and "usr/bin/tr" not in entries
+
+
+def test_directory_and_docker_image_sources(docker_engine, rootfs_dir, tmp_path):
+    from_image = tmp_path / "image.cpio"
+    result = nbic("run", "--rootfs", f"docker:{ROOTFS_IMAGE}", "-o", from_image)
+    assert ROOTFS_IMAGE_HELLO.strip() in result.stdout  # its /chroot ran
+    assert "chroot" in names(from_image)
+
+    rootfs_copy = tmp_path / "rootfs"
+    subprocess.run(["cp", "-a", "--reflink=auto", rootfs_dir, rootfs_copy], check=True)
+    (rootfs_copy / "etc/nbic-dir-marker").write_text("from a directory\n")
+    from_dir = tmp_path / "dir.cpio"
+    result = nbic("run", "--rootfs", rootfs_copy, "-o", from_dir, "--init", "/usr/bin/cat",
+                  "--", "cat", "/etc/nbic-dir-marker")
+    assert "from a directory" in result.stdout
+    assert "etc/nbic-dir-marker" in names(from_dir)
+
+
+def test_debootstrap_source_and_saved_tar(docker_engine, tmp_path):
+    saved = tmp_path / "bookworm.tar"
+    nbic("rootfs", "debootstrap", "bookworm", "-o", saved, timeout=1800)
+    with tarfile.open(saved) as archive:
+        members = set(archive.getnames())
+    assert {"usr/bin/bash", "etc/debian_version"} <= members
+    image = tmp_path / "default.cpio"
+    # With no --rootfs, the default is this debootstrapped bookworm, now cached.
+    result = nbic("run", "-o", image, "--init", "/usr/bin/cat", "--", "cat",
+                  "/etc/debian_version")
+    assert "importing" not in result.stderr
+    assert result.stdout.strip().startswith("12")
+    assert "etc/debian_version" in names(image)
+
+
+def test_ptrace_tracer_sees_a_superset_of_fanotify(docker_engine, quickstart_tar, tmp_path):
+    session = ["--", "sh", "-c", "ls /etc >/dev/null; cat /etc/os-release >/dev/null; "
+               "test -e /etc/nbic-nothing || true; stat /usr/share/doc >/dev/null"]
+    traces = {}
+    for tracer in ("fanotify", "ptrace"):
+        trace = tmp_path / f"{tracer}.list"
+        nbic("run", "--rootfs", quickstart_tar, "--tracer", tracer, "-o",
+             tmp_path / f"{tracer}.cpio", "--trace-out", trace, *session)
+        traces[tracer] = set(trace.read_text().split())
+    assert traces["fanotify"] <= traces["ptrace"], traces["fanotify"] - traces["ptrace"]
+    # Lookups that open nothing: only ptrace sees them.
+    assert "/usr/share/doc" in traces["ptrace"]
+    assert "/etc/nbic-nothing" in traces["ptrace"]
+    # fanotify names the file reached (os-release is a symlink into /usr/lib).
+    assert "/usr/lib/os-release" in traces["fanotify"]
+    assert "/etc/os-release" not in traces["fanotify"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupting_a_session_leaves_nothing_behind(docker_engine, quickstart_tar, tmp_path,
+                                                      signum):
+    volumes_before = {v.name for v in docker_engine.volumes.list()}
+    image = tmp_path / "never.cpio"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nbic.cli", "run", "--rootfs", str(quickstart_tar), "-o",
+         str(image), "--", "sleep", "300"], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not [c for c in nbic_containers(docker_engine) if c.status == "running"]:
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.2)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert "Traceback" not in stderr.decode()
+    assert not nbic_containers(docker_engine)
+    assert {v.name for v in docker_engine.volumes.list()} == volumes_before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_queue_overflow_fails_loudly(docker_engine, quickstart_tar, tmp_path):
+    image = tmp_path / "overflow.cpio"
+    result = nbic("run", "--rootfs", quickstart_tar, "-o", image, "--test-bounded-queue",
+                  "--", "sh", "-c", "mkdir /tmp/many && cd /tmp/many && "
+                  "seq 1 20000 | while read n; do : > f$n; done", check=False)
+    assert result.returncode == 1
+    assert "overflowed" in result.stderr and result.stderr.count("\n") == 1
+    assert not image.exists() and not nbic_containers(docker_engine)
+
+
+def test_docker_unreachable_is_one_clear_line(tmp_path):
+    result = nbic("run", "--rootfs", tmp_path, "-o", tmp_path / "x.cpio", "--", "true",
+                  check=False, env={**os.environ, "DOCKER_HOST": "unix:///nonexistent.sock"})
+    assert result.returncode == 1
+    assert "Docker" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
