@@ -39,14 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=module.HELP, description=module.HELP)
         _common(sub)
         module.add_arguments(sub)
-        sub.set_defaults(func=module.run)
+        sub.set_defaults(func=module.run, prog=sub.prog)
     cpio = commands.add_parser("cpio", help="inspect and unpack cpio images")
     tool_commands = cpio.add_subparsers(dest="tool", required=True, metavar="TOOL")
     for name, (help_text, add_arguments, run) in _tools().items():
         sub = tool_commands.add_parser(name, help=help_text, description=help_text)
         _common(sub)
         add_arguments(sub)
-        sub.set_defaults(func=run)
+        sub.set_defaults(func=run, prog=sub.prog)
     return parser
 
 
@@ -82,10 +82,10 @@ def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> in
     except NbicError as exc:
         if getattr(args, "debug", False):
             raise
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 1
+        print(f"{getattr(args, 'prog', parser.prog)}: error: {exc}", file=sys.stderr)
+        return getattr(args, "error_status", 1)
     except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        print(f"{getattr(args, 'prog', parser.prog)}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # `cpio-list img | head` is normal use, not an error.

@@ -188,7 +188,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run this script (copied in) as the session")
     parser.add_argument("--tracer", choices=[t.value for t in Tracer], default="auto",
                         help="fanotify (default where permitted), ptrace (strace: also "
-                        "stat-only lookups), or both")
+                        "stat-only lookups), both, or none (only --files-from lists)")
     parser.add_argument("--files-from", metavar="LIST", action="append", default=[],
                         help="also include these paths (one per line)")
     parser.add_argument("--include", metavar="GLOB", action="append", default=[])

@@ -621,6 +621,8 @@ def _add_diff_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("a", metavar="A", help="the old image (\"-\" for standard input)")
     parser.add_argument("b", metavar="B", help="the new image")
     parser.add_argument("--mtime", action="store_true", help="also compare mtimes")
+    # Like diff(1): 1 means "different", so trouble must say 2.
+    parser.set_defaults(error_status=2)
 
 
 def run_diff(args: argparse.Namespace) -> int:

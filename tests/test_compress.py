@@ -91,3 +91,14 @@ def test_choice_by_suffix_and_by_name():
     for bad in ("zstd:22", "brotli", "gzip:x", "none:3", "bzip2"):
         with pytest.raises(UsageError):
             compress.parse_compression(bad)
+
+
+def test_zero_padding_after_an_lz4_legacy_segment_ends_it():
+    def segment(name: str, method: Compression) -> bytes:
+        out = io.BytesIO()
+        with compressed_writer(out, fast(method)) as stream:
+            write_archive(stream, [Member(Entry(name, FileType.DIR))])
+        return out.getvalue()
+
+    blob = segment("a", Compression.LZ4) + b"\0" * 8 + segment("b", Compression.GZIP)
+    assert [entry.name for entry in ImageReader(io.BytesIO(blob))] == ["a", "b"]

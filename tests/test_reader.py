@@ -487,8 +487,17 @@ def test_malformed_input_through_nbic_cpio(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 1
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("nbic: error: "), lines
+    assert len(lines) == 1 and lines[0].startswith("nbic cpio list: error: "), lines
     assert "byte" in lines[0]
+
+
+def test_diff_trouble_is_status_2_not_different(tmp_path):
+    path = tmp_path / "bad.img"
+    path.write_bytes(b"garbage")
+    result = subprocess.run([sys.executable, "-m", "nbic.cli", "cpio", "diff", str(path),
+                             str(path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("nbic cpio diff: error: ")
 
 
 @pytest.mark.parametrize("case", sorted(EMPTY_CASES))

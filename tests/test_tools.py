@@ -522,10 +522,10 @@ def test_diff_from_stdin(tmp_path):
     assert result.stdout == b"- kind\n"
 
 
-def test_diff_errors_are_one_line(tmp_path):
+def test_diff_errors_are_one_line_with_status_2(tmp_path):
     a = write(tmp_path / "a", archive(_base_members()))
     bad = write(tmp_path / "bad", b"not an image at all")
-    result = run_tool("diff", a, bad, check=1)
+    result = run_tool("diff", a, bad, check=2)
     assert result.stderr.decode().startswith("cpio-diff: error: ")
     assert len(result.stderr.decode().splitlines()) == 1
 

@@ -32,6 +32,7 @@ from nbic.agent.protocol import (
 from nbic.agent.syscalls import MNT_DETACH, MS_BIND, MS_RDONLY, MS_REC, MS_REMOUNT, mount, umount
 from nbic.closure import DEFAULT_DEVICES, ClosureConfig, parse_device, select
 from nbic.cpio.archive import Member, order
+from nbic.cpio.entry import Entry, FileType
 from nbic.errors import NbicError
 from nbic.tarstream import write_tar
 from nbic.tree import DirTree
@@ -136,13 +137,41 @@ def _start_fanotify(spec: SessionSpec, notices: list[str]) -> FanotifyTracer | N
     return tracer
 
 
+def _init_choice(spec: SessionSpec, tree: DirTree, notices: list[str]
+                 ) -> tuple[str | None, Member | None]:
+    """/init when the rootfs has none (nor a /chroot) and --init is not given:
+    the session itself boots. A --script becomes /init; a command's program, or
+    the shell, is linked as /init."""
+    if spec.init or "init" in tree or "chroot" in tree:
+        return spec.init, None
+    if spec.script:
+        script = f"{INPUT_DIR}/{spec.script}"
+        info = os.stat(script)
+        notices.append("no /init or /chroot in the rootfs: the session's script boots as /init")
+        entry = Entry("init", FileType.FILE, perm=0o755, size=info.st_size,
+                      mtime=int(info.st_mtime))
+        return None, Member(entry, lambda: open(script, "rb"))
+    program = spec.command[0] if spec.command else "/bin/sh"
+    if "/" not in program:
+        for directory in session.SESSION_PATH.split(":"):
+            target = tree.resolve(f"{directory}/{program}").target
+            entry = tree.get(target) if target else None
+            if entry is not None and entry.type is FileType.FILE:
+                program = f"{directory}/{program}"
+                break
+    notices.append(f"no /init or /chroot in the rootfs: {program} boots as /init "
+                   "(give --init to choose)")
+    return program, None
+
+
 def run_session(spec: SessionSpec, collector: _Collector) -> SessionResult:
     notices: list[str] = []
     _mounts(spec)
     fanotify = None
     if spec.tracer in (Tracer.AUTO, Tracer.FANOTIFY, Tracer.BOTH):
         fanotify = _start_fanotify(spec, notices)
-    use_ptrace = spec.tracer in (Tracer.PTRACE, Tracer.BOTH) or fanotify is None
+    use_ptrace = spec.tracer in (Tracer.PTRACE, Tracer.BOTH) or (
+        fanotify is None and spec.tracer is not Tracer.NONE)
     argv = _session_argv(spec)
     env = session.session_environment(spec.term)
     if use_ptrace:
@@ -161,7 +190,8 @@ def run_session(spec: SessionSpec, collector: _Collector) -> SessionResult:
             raise TraceError("strace left no log: the ptrace trace failed")
         with open(STRACE_LOG, encoding="utf-8", errors="surrogateescape") as log:
             traced |= strace.complete(strace.parse(log, ROOTFS), tree)
-    tracer_name = "both" if fanotify and use_ptrace else ("ptrace" if use_ptrace else "fanotify")
+    tracer_name = "both" if fanotify and use_ptrace else (
+        "ptrace" if use_ptrace else "fanotify" if fanotify else "none")
 
     traced.discard("/")
     traced = {path for path in traced if not path.startswith(SCRIPT_DIR + "/")
@@ -174,14 +204,17 @@ def run_session(spec: SessionSpec, collector: _Collector) -> SessionResult:
     # Files the session created and deleted were traced but are gone: drop
     # them quietly. Paths from the user's lists must exist.
     traced_present = [path for path in traced if tree.resolve(path).target is not None]
+    init, init_member = _init_choice(spec, tree, notices)
     config = ClosureConfig(
         include=spec.include, exclude=spec.exclude,
         devices=DEFAULT_DEVICES + tuple(parse_device(text) for text in spec.devices),
-        init=spec.init, strict=spec.strict)
+        init=init, init_provided=init_member is not None, strict=spec.strict)
     selection = select(tree, [*sorted(traced_present), *spec.extra_paths], config)
     members = [Member(entry, (lambda name=name: tree.open(name))
                       if name not in selection.synthesized else None)
-               for name, entry in selection.entries.items()]
+               for name, entry in selection.entries.items() if name != "init" or not init_member]
+    if init_member:
+        members.append(init_member)
     with open(f"{OUTPUT_DIR}/{IMAGE_TAR}", "wb") as out:
         count = write_tar(out, order(members))
     return SessionResult(ok=True, session_status=status, tracer=tracer_name,

@@ -26,6 +26,7 @@ class Tracer(enum.Enum):
     FANOTIFY = "fanotify"
     PTRACE = "ptrace"
     BOTH = "both"
+    NONE = "none"  # nothing traced: only --files-from lists (and a baseline to measure)
 
 
 @dataclass(frozen=True)

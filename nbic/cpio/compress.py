@@ -239,6 +239,12 @@ class _Lz4LegacyDecompressor:
             if size == LZ4_LEGACY_MAGIC:  # a further legacy stream follows
                 del self._pending[:4]
                 continue
+            if size == 0:
+                # Zero padding ends the stream, as for the kernel since 5.13:
+                # what follows is the next segment.
+                self.eof = True
+                self.unused_data = bytes(self._pending)
+                break
             if size > 2 * LZ4_LEGACY_BLOCK:
                 raise ValueError(f"lz4 block size {size} is impossible")
             if len(self._pending) < 4 + size:
