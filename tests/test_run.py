@@ -242,3 +242,22 @@ def test_docker_unreachable_is_one_clear_line(tmp_path):
     assert result.returncode == 1
     assert "Docker" in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_a_script_session_on_a_rootfs_without_init_boots_as_init(
+        docker_engine, rootfs_tar, kernel, tmp_path):
+    # The session mounts proc over nbic's own and leaves it mounted: the agent
+    # must still unmount everything before it walks the rootfs.
+    script = tmp_path / "session.sh"
+    script.write_text("#!/bin/bash\nmount -t proc proc /proc\ncat /proc/version >/dev/null\n"
+                      "ls /usr >/dev/null\necho SCRIPT-BOOTED\n")
+    image = tmp_path / "script.cpio.gz"
+    result = nbic("run", "--rootfs", rootfs_tar, "--script", script, "-o", image)
+    assert "SCRIPT-BOOTED" in result.stdout
+    assert "boots as /init" in result.stderr
+    entries = names(image)
+    assert entries["init"].type is FileType.FILE
+    assert entries["init"].size == len(script.read_bytes())
+    assert "proc" in entries and "usr/bin/mount" in entries
+    booted = boot(image, BootConfig(kernel=kernel, expect=("SCRIPT-BOOTED",), timeout=180))
+    assert booted.outcome is BootOutcome.PASSED, booted.tail()

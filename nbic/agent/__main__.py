@@ -6,6 +6,7 @@ closure of what was used -> tar of the image's entries for the host.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -101,16 +102,23 @@ def _protect_host(proc: str) -> None:
 def _unmount_inside(root: str) -> None:
     """Undo every mount below the overlay, ours and any the session made (the
     seed's /chroot mounts proc itself), so the closure walks only the rootfs."""
+    previous: list[str] | None = None
     while True:
         with open("/proc/self/mountinfo", encoding="utf-8") as table:
             points = [line.split()[4].encode().decode("unicode_escape")
                       for line in table]
-        inside = sorted({p for p in points if p.startswith(root + "/")},
+        inside = sorted((p for p in points if p.startswith(root + "/")),
                         key=lambda p: p.count("/"), reverse=True)
         if not inside:
             return
+        if inside == previous:
+            raise OSError(f"cannot unmount {inside[0]} after the session")
+        previous = inside
         for point in inside:
-            umount(point, MNT_DETACH)
+            # A mount stacked on another hides the lower one's submounts
+            # (EINVAL here); they come back into reach on the next pass.
+            with contextlib.suppress(OSError):
+                umount(point, MNT_DETACH)
 
 
 def _session_argv(spec: SessionSpec) -> list[str]:
