@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import BinaryIO
 
 from nbic.cpio.archive import Member
@@ -94,15 +95,13 @@ def _reader(archive: tarfile.TarFile, info: tarfile.TarInfo):
     return lambda: archive.extractfile(info)
 
 
-def _entry(info: tarfile.TarInfo) -> Entry:
-    name = "/".join(split_path(info.name)) or "."
+def entry_from_tarinfo(name: str, info: tarfile.TarInfo) -> Entry | None:
+    """The entry for a tar member, or None for a type cpio cannot hold. A hardlink
+    member comes back as a plain file: each reader keys its group its own way."""
     common = {"perm": info.mode & 0o7777, "uid": info.uid, "gid": info.gid,
               "mtime": int(info.mtime)}
     if info.isreg() or info.islnk():
-        nlink = int(info.pax_headers.get(NLINK_RECORD, "1"))
-        key = "/".join(split_path(info.linkname)) if info.islnk() else name
-        return Entry(name, FileType.FILE, size=info.size, nlink=nlink,
-                     link_key=key if nlink > 1 else None, **common)
+        return Entry(name, FileType.FILE, size=info.size, **common)
     if info.isdir():
         return Entry(name, FileType.DIR, nlink=2, **common)
     if info.issym():
@@ -112,4 +111,16 @@ def _entry(info: tarfile.TarInfo) -> Entry:
         return Entry(name, kind, rdevmajor=info.devmajor, rdevminor=info.devminor, **common)
     if info.isfifo():
         return Entry(name, FileType.FIFO, **common)
-    raise FormatError(f"unexpected tar member type {info.type!r} for {name}")
+    return None
+
+
+def _entry(info: tarfile.TarInfo) -> Entry:
+    name = "/".join(split_path(info.name)) or "."
+    entry = entry_from_tarinfo(name, info)
+    if entry is None:
+        raise FormatError(f"unexpected tar member type {info.type!r} for {name}")
+    nlink = int(info.pax_headers.get(NLINK_RECORD, "1"))
+    if entry.type is FileType.FILE and nlink > 1:
+        key = "/".join(split_path(info.linkname)) if info.islnk() else name
+        entry = replace(entry, nlink=nlink, link_key=key)
+    return entry

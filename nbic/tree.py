@@ -25,6 +25,7 @@ from typing import BinaryIO
 
 from nbic.cpio.entry import Entry, FileType, split_path
 from nbic.errors import RootfsError
+from nbic.tarstream import entry_from_tarinfo
 
 MAX_SYMLINK_HOPS = 40  # as the kernel's ELOOP limit
 
@@ -315,30 +316,17 @@ class _SourceReader(io.RawIOBase):
 
 def _entry_from_tarinfo(name: str, info: tarfile.TarInfo, seen: dict[str, Entry]
                         ) -> Entry | None:
-    common = {"perm": info.mode & 0o7777, "uid": info.uid, "gid": info.gid,
-              "mtime": int(info.mtime)}
-    if info.islnk():
-        # A tar hardlink names the member that holds the data; the group is
-        # keyed by that first name.
-        target = "/".join(split_path(info.linkname))
-        first = seen.get(target)
-        if first is None or first.type is not FileType.FILE:
-            return None
-        if first.link_key is None:
-            seen[target] = first = replace(first, link_key=target)
-        return Entry(name, FileType.FILE, size=first.size, link_key=first.link_key, **common)
-    if info.isreg():
-        return Entry(name, FileType.FILE, size=info.size, **common)
-    if info.isdir():
-        return Entry(name, FileType.DIR, **common)
-    if info.issym():
-        return Entry(name, FileType.SYMLINK, linkname=info.linkname, **common)
-    if info.ischr() or info.isblk():
-        kind = FileType.CHAR if info.ischr() else FileType.BLOCK
-        return Entry(name, kind, rdevmajor=info.devmajor, rdevminor=info.devminor, **common)
-    if info.isfifo():
-        return Entry(name, FileType.FIFO, **common)
-    return None
+    if not info.islnk():
+        return entry_from_tarinfo(name, info)
+    # A tar hardlink names the member that holds the data; the group is keyed
+    # by that first name.
+    target = "/".join(split_path(info.linkname))
+    first = seen.get(target)
+    if first is None or first.type is not FileType.FILE:
+        return None
+    if first.link_key is None:
+        seen[target] = first = replace(first, link_key=target)
+    return replace(entry_from_tarinfo(name, info), size=first.size, link_key=first.link_key)
 
 
 def open_tree(source: str | Path) -> Tree:
