@@ -138,3 +138,12 @@ def test_spec_parser_with_spec_like_text(text):
 def test_spec_parser_with_random_text(text):
     with contextlib.suppress(NbicError):
         parse_spec(text, env={})
+
+
+def test_the_inputs_mutations_start_from_are_valid():
+    # Mutating a valid image only explores the parser if the image parses.
+    for blob in (VALID, VALID_GZIP):
+        reader = ImageReader(io.BytesIO(blob), "seed")
+        names = [entry.name for entry in reader]
+        assert names == ["d", "d/a", "d/h1", "d/h2", "d/l", "dev", "dev/null"]
+    assert [item.entry.name for item in parse_spec("dir /d 755 0 0\n")] == ["d"]
