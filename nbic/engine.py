@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import tarfile
 from collections.abc import Iterator
@@ -37,6 +38,21 @@ AGENT_PRIVILEGES: dict[str, Any] = {
     "cap_drop": ["SYS_RESOURCE"],
     "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
 }
+
+
+# A seccomp profile that refuses fanotify_init with EPERM, as rootless Docker
+# does: lets the ptrace fallback be exercised on any host.
+DENY_FANOTIFY_PROFILE = json.dumps({
+    "defaultAction": "SCMP_ACT_ALLOW",
+    "syscalls": [{"names": ["fanotify_init"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+})
+
+
+def agent_privileges(*, deny_fanotify: bool = False) -> dict[str, Any]:
+    if not deny_fanotify:
+        return dict(AGENT_PRIVILEGES)
+    return {**AGENT_PRIVILEGES,
+            "security_opt": [f"seccomp={DENY_FANOTIFY_PROFILE}", "apparmor=unconfined"]}
 
 
 class EngineError(NbicError):

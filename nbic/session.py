@@ -69,7 +69,9 @@ class RunConfig:
     compression: CompressionSpec | None = None
     epoch: int | None = None
     trace_out: str | None = None
+    # Test hooks: a bounded fanotify queue; fanotify refused as rootless Docker does.
     bounded_queue: bool = False
+    deny_fanotify: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,8 @@ def run_session(config: RunConfig) -> RunResult:
                 client, builder, ["python3", "-m", "nbic.agent", spec.to_json()],
                 role="session", volumes={volume: {"bind": "/cache", "mode": "ro"}},
                 tty=config.interactive, stdin_open=config.interactive,
-                hostname="nbic", **engine.AGENT_PRIVILEGES) as created:
+                hostname="nbic",
+                **engine.agent_privileges(deny_fanotify=config.deny_fanotify)) as created:
             if script is not None:
                 engine.put_files(created, "/", {f"{INPUT_DIR.strip('/')}/{SCRIPT_NAME}": script})
             if config.interactive:
@@ -202,6 +205,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compress", metavar="NAME[:LEVEL]")
     parser.add_argument("--trace-out", metavar="FILE", help="save the traced path list")
     parser.add_argument("--test-bounded-queue", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--test-deny-fanotify", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("command", nargs=argparse.REMAINDER,
                         help="-- COMMAND [ARGS...]: run this instead of /chroot or a shell")
 
@@ -219,7 +223,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         strict=args.strict,
         compression=parse_compression(args.compress) if args.compress else None,
         epoch=source_date_epoch(), trace_out=args.trace_out,
-        bounded_queue=args.test_bounded_queue)
+        bounded_queue=args.test_bounded_queue, deny_fanotify=args.test_deny_fanotify)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -122,6 +122,13 @@ def test_interactive_session_through_a_pseudo_terminal(docker_engine, quickstart
     read_until(b"TYPED-42")
     os.write(fd, b"ls /usr\r")
     read_until(b"share")
+    # Ctrl-C is a byte on the terminal: it interrupts the session's command,
+    # not nbic, and the shell carries on.
+    os.write(fd, b"sleep 300\r")
+    time.sleep(1)
+    os.write(fd, b"\x03")
+    os.write(fd, b"echo AFTER-$((1+1))\r")
+    read_until(b"AFTER-2", timeout=30)
     os.write(fd, b"exit 3\r")
     deadline = time.monotonic() + 120
     while True:
@@ -261,3 +268,64 @@ def test_a_script_session_on_a_rootfs_without_init_boots_as_init(
     assert "proc" in entries and "usr/bin/mount" in entries
     booted = boot(image, BootConfig(kernel=kernel, expect=("SCRIPT-BOOTED",), timeout=180))
     assert booted.outcome is BootOutcome.PASSED, booted.tail()
+
+
+def test_what_enters_the_image_from_a_session(docker_engine, rootfs_tar, tmp_path):
+    script = tmp_path / "session.sh"
+    script.write_text("""#!/bin/bash
+echo kept > /root/kept.txt; cat /root/kept.txt
+echo gone > /tmp/gone.txt; cat /tmp/gone.txt; rm /tmp/gone.txt
+ls /etc > /dev/null
+cat /etc/debian_version /etc/issue > /dev/null
+""")
+    extra = tmp_path / "extra.list"
+    extra.write_text("# made by hand\n/etc/os-release\n")
+    image = tmp_path / "session.cpio"
+    nbic("run", "--rootfs", rootfs_tar, "--script", script, "-o", image, "--files-from", extra,
+         "--include", "/usr/share/doc/bash/*", "--exclude", "/etc/issue")
+    entries = names(image)
+    assert entries["root/kept.txt"].type is FileType.FILE  # created and kept
+    assert "tmp/gone.txt" not in entries  # created and deleted
+    assert entries["etc"].type is FileType.DIR  # only listed: the directory, not its files
+    assert "etc/debian_version" in entries and "etc/shadow" not in entries
+    assert "etc/issue" not in entries  # --exclude
+    assert "usr/lib/os-release" in entries and "etc/os-release" in entries  # --files-from
+    assert any(name.startswith("usr/share/doc/bash/") for name in entries)  # --include
+
+
+def test_ptrace_fallback_where_fanotify_is_refused(docker_engine, rootfs_tar, tmp_path):
+    image = tmp_path / "fallback.cpio"
+    result = nbic("run", "--rootfs", rootfs_tar, "-o", image, "--test-deny-fanotify",
+                  "--init", "/usr/bin/cat", "--", "cat", "/etc/debian_version")
+    assert "fanotify is not permitted" in result.stderr and "ptrace" in result.stderr
+    assert "usr/bin/cat" in names(image) and "etc/debian_version" in names(image)
+    # Asked for explicitly, a refused fanotify is an error, not a silent switch.
+    refused = nbic("run", "--rootfs", rootfs_tar, "-o", image, "--test-deny-fanotify",
+                   "--tracer", "fanotify", "--", "true", check=False)
+    assert refused.returncode == 1 and "fanotify" in refused.stderr
+
+
+def test_tracer_both_merges_the_two(docker_engine, rootfs_tar, tmp_path):
+    traces = {}
+    for tracer in ("fanotify", "ptrace", "both"):
+        trace = tmp_path / f"{tracer}.list"
+        nbic("run", "--rootfs", rootfs_tar, "--tracer", tracer, "-o", tmp_path / "x.cpio",
+             "--init", "/usr/bin/true", "--trace-out", trace, "--", "sh", "-c",
+             "stat /usr/share/doc >/dev/null; cat /etc/debian_version >/dev/null")
+        traces[tracer] = set(trace.read_text().split())
+    assert traces["both"] >= traces["fanotify"] | traces["ptrace"] - {"/usr/share/doc"}
+    assert "/usr/share/doc" in traces["both"]
+
+
+def test_rootfs_cache_commands(docker_engine, tmp_path):
+    rootfs = tmp_path / "tiny"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc/tiny-marker").write_text(str(time.time()))  # a digest of its own
+    volume = nbic("rootfs", "import", rootfs).stdout.strip()
+    assert volume.startswith("nbic-rootfs-")
+    assert volume in nbic("rootfs", "ls").stdout
+    assert nbic("rootfs", "import", rootfs).stdout.strip() == volume  # cached
+    nbic("rootfs", "rm", volume)
+    assert volume not in nbic("rootfs", "ls").stdout
+    missing = nbic("rootfs", "rm", volume, check=False)
+    assert missing.returncode == 1 and "no cached rootfs" in missing.stderr
