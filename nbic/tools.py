@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from nbic.cpio.entry import Entry, FileType, encode_name, sort_key, split_path
-from nbic.cpio.image import ImageReader
+from nbic.cpio.image import ImageReader, open_image
 from nbic.cpio.spec import format_spec_line
 from nbic.errors import NbicError, UnsafePathError, UsageError
 
@@ -44,39 +44,6 @@ _TYPE_NAMES = {
 
 
 # --- input and output ---------------------------------------------------------
-
-class _CountingStream:
-    """A non-seekable wrapper that counts the bytes read (the size of a piped image)."""
-
-    def __init__(self, raw: BinaryIO):
-        self._raw = raw
-        self.count = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self.count += len(data)
-        return data
-
-    def seekable(self) -> bool:
-        return False
-
-
-@contextmanager
-def _open(path: str) -> Iterator[tuple[ImageReader, Callable[[], int]]]:
-    """An ImageReader over `path` ("-" is standard input) and a function that
-    gives the image's size in bytes once it has been read."""
-    if path == "-":
-        counter = _CountingStream(sys.stdin.buffer)
-        yield ImageReader(counter, "standard input"), lambda: counter.count
-        return
-    try:
-        stream = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise NbicError(f"cannot open image {path}: {exc.strerror}") from None
-    with stream:
-        size = os.fstat(stream.fileno()).st_size
-        yield ImageReader(stream, path), lambda: size
-
 
 @contextmanager
 def _rereadable(path: str) -> Iterator[Callable[[], ImageReader]]:
@@ -228,7 +195,7 @@ def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    with _open(args.image) as (reader, _size):
+    with open_image(args.image) as reader:
         if args.spec:
             # Whole before printed: an entry no spec list can hold leaves no half list.
             for line in list(_spec_lines(_final_state(reader, hash_data=False))):
@@ -472,7 +439,7 @@ def extract(path: str, target: str) -> int:
     extractor = _Extractor(target)
     count = 0
     try:
-        with _open(path) as (reader, _size):
+        with open_image(path) as reader:
             for entry in reader:
                 extractor.add(entry, reader)
                 count += 1
@@ -523,14 +490,14 @@ def run_du(args: argparse.Namespace) -> int:
     stored = 0
     final: dict[str, Entry] = {}
     groups: dict[object, int] = {}
-    with _open(args.image) as (reader, image_size):
+    with open_image(args.image) as reader:
         for entry in reader:
             entries += 1
             stored += entry.size
             if entry.link_key is not None and entry.size:
                 groups[entry.link_key] = entry.size
             final[_key(entry.name)] = entry
-        total_image = image_size()
+        total_image = reader.consumed
     # One size per file; a hardlink group counts once, on its first name.
     files: dict[str, int] = {}
     seen_groups: set[object] = set()
@@ -600,9 +567,9 @@ def diff_images(path_a: str, path_b: str, *, mtime: bool = False) -> list[str]:
     """The difference lines between two images (empty when they are equal)."""
     if path_a == "-" and path_b == "-":
         raise UsageError("only one of the two images can be standard input")
-    with _open(path_a) as (reader, _size):
+    with open_image(path_a) as reader:
         state_a = _final_state(reader, hash_data=True)
-    with _open(path_b) as (reader, _size):
+    with open_image(path_b) as reader:
         state_b = _final_state(reader, hash_data=True)
     lines = []
     for name in sorted(state_a.keys() | state_b.keys(), key=sort_key):

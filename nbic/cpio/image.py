@@ -37,6 +37,11 @@ class ImageReader:
         self._archive: ArchiveReader | None = None
         self.segments: list[Segment] = []
 
+    @property
+    def consumed(self) -> int:
+        """Bytes of the image read so far: its size once iterated to the end."""
+        return self._source.offset
+
     def read(self, size: int = -1) -> bytes:
         return self._archive.read(size) if self._archive else b""
 
