@@ -396,12 +396,15 @@ class _Extractor:
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view):]
-            if self._as_root:
-                os.fchown(fd, entry.uid, entry.gid)
-            os.fchmod(fd, entry.perm)
-            os.utime(fd, (entry.mtime, entry.mtime))
+            self._set_attributes(fd, entry)
         finally:
             os.close(fd)
+
+    def _set_attributes(self, fd: int, entry: Entry) -> None:
+        if self._as_root:
+            os.fchown(fd, entry.uid, entry.gid)
+        os.fchmod(fd, entry.perm)
+        os.utime(fd, (entry.mtime, entry.mtime))
 
     def finish(self) -> None:
         """Directory modes, owners and mtimes, deepest first (children are done)."""
@@ -420,10 +423,7 @@ class _Extractor:
                     finally:
                         os.close(parent)
                 try:
-                    if self._as_root:
-                        os.fchown(fd, entry.uid, entry.gid)
-                    os.fchmod(fd, entry.perm)
-                    os.utime(fd, (entry.mtime, entry.mtime))
+                    self._set_attributes(fd, entry)
                 finally:
                     os.close(fd)
             except UnsafePathError:
