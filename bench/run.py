@@ -57,9 +57,15 @@ def text_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def markdown(results: list[Result], skipped: list[str]) -> str:
+def head() -> str:
+    return run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture=True).strip()
+
+
+def markdown(results: list[Result], skipped: list[str], started_at: str) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    commit = run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture=True).strip()
+    commit = head()
+    if commit != started_at:
+        commit = f"{commit} (HEAD moved from {started_at} during the run)"
     dirty = run(["git", "-C", REPO, "status", "--porcelain", "--", "nbic"], capture=True)
     out = [
         "# Benchmarks",
@@ -90,6 +96,8 @@ def markdown(results: list[Result], skipped: list[str]) -> str:
         if r.error:
             out.append(f"- FAILED: {r.error.strip()}")
         out.append("")
+    out += ["## The tracing workload", "", f"`{workdir('workload.sh')}`, run as `--script`:",
+            "", "```sh", bench_trace.WORKLOAD.rstrip(), "```"]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -102,6 +110,7 @@ def main() -> int:
     parser.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
     args = parser.parse_args()
     workdir()
+    started_at = head()
     results: list[Result] = []
     skipped = [] if args.level19 else ["pack at zstd level 19 (slow; `bench/run --level19`)"]
     for name, bench in benchmarks(args).items():
@@ -122,7 +131,7 @@ def main() -> int:
             print(f"  {r.name}: FAILED: {r.error.strip()}")
     if not args.no_doc:
         with open(DOC, "w") as doc:
-            doc.write(markdown(results, skipped))
+            doc.write(markdown(results, skipped, started_at))
         print(f"wrote {DOC}", file=sys.stderr)
     return 1 if any(r.error for r in results) else 0
 
