@@ -16,11 +16,10 @@ import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-import docker
-import docker.errors
-import requests.exceptions
+if TYPE_CHECKING:
+    import docker
 
 from nbic import __version__
 from nbic.errors import NbicError
@@ -55,13 +54,28 @@ def agent_privileges(*, deny_fanotify: bool = False) -> dict[str, Any]:
             "security_opt": [f"seccomp={DENY_FANOTIFY_PROFILE}", "apparmor=unconfined"]}
 
 
+def _sdk():
+    """The Docker SDK, imported on first use: it takes a quarter of a second that
+    commands which never talk to Docker (pack, boot, the cpio tools) should not pay."""
+    import docker
+    import docker.errors
+
+    return docker
+
+
+def _failures() -> tuple[type[BaseException], ...]:
+    import requests.exceptions
+
+    return _sdk().errors.DockerException, requests.exceptions.RequestException
+
+
 class EngineError(NbicError):
     """Docker is unreachable, refused something, or a container failed."""
 
 
 def _explain(exc: BaseException) -> str:
     text = str(exc)
-    if isinstance(exc, docker.errors.APIError) and exc.explanation:
+    if isinstance(exc, _sdk().errors.APIError) and exc.explanation:
         text = str(exc.explanation)
     lowered = text.lower()
     if "permission denied" in lowered and "docker.sock" in lowered:
@@ -78,14 +92,14 @@ def _explain(exc: BaseException) -> str:
 def docker_errors(what: str) -> Iterator[None]:
     try:
         yield
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+    except _failures() as exc:
         raise EngineError(f"{what}: {_explain(exc)}") from exc
 
 
 def connect() -> docker.DockerClient:
     """A client for the engine named by the environment (DOCKER_HOST or the socket)."""
     with docker_errors("Docker"):
-        client = docker.from_env(timeout=600)
+        client = _sdk().from_env(timeout=600)
         client.ping()
     return client
 
@@ -130,17 +144,17 @@ def builder_image(client: docker.DockerClient) -> str:
         try:
             client.images.get(tag)
             return tag
-        except docker.errors.ImageNotFound:
+        except _sdk().errors.ImageNotFound:
             pass
     log.info("building the builder image %s (once per nbic version)", tag)
     try:
         client.images.build(fileobj=io.BytesIO(context), custom_context=True, tag=tag,
                             rm=True, forcerm=True, labels={LABEL: "builder"})
-    except docker.errors.BuildError as exc:
+    except _sdk().errors.BuildError as exc:
         tail = "".join(str(line.get("stream", line.get("error", ""))) for line in
                        list(exc.build_log)[-8:]).strip()
         raise EngineError(f"building the builder image failed: {exc.msg}\n{tail}") from exc
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+    except _failures() as exc:
         raise EngineError(f"building the builder image: {_explain(exc)}") from exc
     return tag
 
@@ -163,9 +177,9 @@ def container(client: docker.DockerClient, image: str, command: list[str], *,
 def remove_container(created: Any) -> None:
     try:
         created.remove(force=True, v=False)
-    except docker.errors.NotFound:
+    except _sdk().errors.NotFound:
         pass
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+    except _failures() as exc:
         log.warning("could not remove container %s: %s", created.short_id, _explain(exc))
 
 
@@ -202,8 +216,7 @@ class ChunkReader(io.RawIOBase):
                 self._buffer = next(self._chunks)
             except StopIteration:
                 return 0
-            except (docker.errors.DockerException,
-                    requests.exceptions.RequestException) as exc:
+            except _failures() as exc:
                 raise EngineError(f"reading from Docker: {_explain(exc)}") from exc
         size = min(len(target), len(self._buffer))
         target[:size] = self._buffer[:size]
@@ -253,7 +266,7 @@ def find_volume(client: docker.DockerClient, name: str) -> Any | None:
     with docker_errors(f"looking up volume {name}"):
         try:
             return client.volumes.get(name)
-        except docker.errors.NotFound:
+        except _sdk().errors.NotFound:
             return None
 
 
@@ -265,9 +278,9 @@ def create_volume(client: docker.DockerClient, name: str, labels: dict[str, str]
 def remove_volume(volume: Any) -> None:
     try:
         volume.remove(force=True)
-    except docker.errors.NotFound:
+    except _sdk().errors.NotFound:
         pass
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+    except _failures() as exc:
         log.warning("could not remove volume %s: %s", volume.name, _explain(exc))
 
 
@@ -280,7 +293,7 @@ def image_id(client: docker.DockerClient, reference: str) -> str:
     with docker_errors(f"Docker image {reference}"):
         try:
             return client.images.get(reference).id
-        except docker.errors.ImageNotFound:
+        except _sdk().errors.ImageNotFound:
             raise EngineError(f"Docker image {reference} is not on this engine "
                               f"(docker pull {reference} first)") from None
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import enum
 import hashlib
+import json
 import logging
 import os
 import tarfile
@@ -130,10 +131,38 @@ def _digest(chunks: Iterator[bytes]) -> str:
     return digest.hexdigest()
 
 
+def _digest_store() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "nbic" / "digests.json"
+
+
+def _tar_digest(path: str) -> str:
+    """The digest of a tar's (decompressed) stream, remembered per file identity:
+    hashing a 200 MB tar on every run would cost more than the run itself."""
+    info = os.stat(path)
+    identity = f"{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{path}"
+    store = _digest_store()
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if identity in known:
+        return known[identity]
+    digest = _digest(_file_chunks(path))
+    known = dict(list(known.items())[-255:]) | {identity: digest}
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(store) as out:
+            out.write(json.dumps(known).encode())
+    except (OSError, NbicError) as exc:
+        log.debug("cannot remember the digest of %s: %s", path, exc)
+    return digest
+
+
 def cache_key(client, source: RootfsSource) -> str:
     match source.kind:
         case SourceKind.TAR:
-            return _digest(_file_chunks(source.location))
+            return _tar_digest(source.location)
         case SourceKind.DIR:
             return _digest(_directory_chunks(source.location))
         case SourceKind.DOCKER:

@@ -112,11 +112,20 @@ class ByteSource:
             self._raw.seek(remaining, io.SEEK_CUR)
             self._consumed += remaining
             return
+        # The buffer is empty now: drop whole chunks without copying them.
         while remaining:
-            data = self.read_some(min(remaining, CHUNK))
-            if not data:
+            chunk = self._read_raw(CHUNK)
+            if not chunk:
+                self._eof = True
                 raise FormatError(f"truncated {what} at {self.location(start)}", start)
-            remaining -= len(data)
+            if len(chunk) <= remaining:
+                remaining -= len(chunk)
+                self._consumed += len(chunk)
+                continue
+            self._buf = bytearray(chunk[remaining:])
+            self._pos = 0
+            self._consumed += remaining
+            remaining = 0
 
     def skip_zeros(self) -> int:
         """Skip NUL padding between archives and segments; returns how many."""
