@@ -59,11 +59,17 @@ def order(members: Iterable[Member]) -> list[Member]:
         member = by_name[name]
         entry = member.entry
         if entry.type is FileType.FILE and group_sizes.get(entry.link_key, 0) > 1:
-            entry = replace(entry, nlink=group_sizes[entry.link_key])
-        else:
-            entry = replace(entry, nlink=2 if entry.type is FileType.DIR else 1, link_key=None)
-        result.append(Member(entry, member.source))
+            member = Member(replace(entry, nlink=group_sizes[entry.link_key]), member.source)
+        elif entry.link_key is not None or entry.nlink != _nlink(entry.type):
+            member = Member(replace(entry, nlink=_nlink(entry.type), link_key=None),
+                            member.source)
+        result.append(member)
     return result
+
+
+def _nlink(file_type: FileType) -> int:
+    """A lone name's link count, as gen_init_cpio writes it."""
+    return 2 if file_type is FileType.DIR else 1
 
 
 def _clamp_mtime(entry: Entry, epoch: int | None) -> int:
@@ -117,11 +123,17 @@ class _Assembler:
             raise NbicError(f"{entry.path}: entries out of order (a parent must come before "
                             "its children, each name once)")
         self._last_key = key
-        entry = replace(entry, mtime=_clamp_mtime(entry, self._epoch), devmajor=0, devminor=0)
         if entry.type is FileType.FILE and entry.nlink > 1 and entry.link_key is not None:
             self._add_hardlink(entry, member.source)
         else:
-            self._write(replace(entry, ino=self._ino()), member.source)
+            entry = replace(entry, nlink=_nlink(entry.type)) if entry.link_key else entry
+            self._write(self._final(entry, self._ino(), entry.size), member.source)
+
+    def _final(self, entry: Entry, ino: int, size: int) -> Entry:
+        # One replace per entry: it is the writer's costliest Python call.
+        nlink = entry.nlink if entry.link_key is not None else _nlink(entry.type)
+        return replace(entry, ino=ino, size=size, nlink=nlink,
+                       mtime=_clamp_mtime(entry, self._epoch), devmajor=0, devminor=0)
 
     def _add_hardlink(self, entry: Entry, source: DataSource | None) -> None:
         group = self._groups.get(entry.link_key)
@@ -129,7 +141,6 @@ class _Assembler:
             group = self._groups[entry.link_key] = _Group(self._ino(), entry.nlink)
         group.remaining -= 1
         group.size = max(group.size, entry.size)
-        entry = replace(entry, ino=group.ino)
         if source is not None and group.source is None and group.spool is None:
             if self._transient and group.remaining:
                 group.spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)  # noqa: SIM115
@@ -138,15 +149,16 @@ class _Assembler:
             else:
                 group.source = source
         if group.remaining:
-            self._write(replace(entry, size=0), None)
+            self._write(self._final(entry, group.ino, 0), None)
             return
         del self._groups[entry.link_key]
+        final = self._final(entry, group.ino, group.size)
         if group.spool is not None:
             group.spool.seek(0)
             with group.spool:
-                self._write(replace(entry, size=group.size), lambda: _borrowed(group.spool))
+                self._write(final, lambda: _borrowed(group.spool))
         else:
-            self._write(replace(entry, size=group.size), group.source)
+            self._write(final, group.source)
 
     def _write(self, entry: Entry, source: DataSource | None) -> None:
         if entry.type is FileType.FILE and entry.size:

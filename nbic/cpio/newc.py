@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import BinaryIO
 
 from nbic.cpio.entry import MAX_FIELD, Entry, FileType, decode_name, encode_name
@@ -31,11 +30,12 @@ def _pad(offset: int, align: int = 4) -> int:
     return -offset % align
 
 
-def encode_header(entry: Entry, *, namesize: int, check: int = 0, magic: bytes = MAGIC_NEWC
-                  ) -> bytes:
+def encode_header(entry: Entry, *, namesize: int, size: int | None = None, check: int = 0,
+                  magic: bytes = MAGIC_NEWC) -> bytes:
+    """The 110-byte header; `size` overrides entry.size (a symlink's is its target's)."""
     values = (entry.ino, entry.mode, entry.uid, entry.gid, entry.nlink, entry.mtime,
-              entry.size, entry.devmajor, entry.devminor, entry.rdevmajor, entry.rdevminor,
-              namesize, check)
+              entry.size if size is None else size, entry.devmajor, entry.devminor,
+              entry.rdevmajor, entry.rdevminor, namesize, check)
     for label, value in zip(_FIELD_NAMES, values, strict=True):
         if not 0 <= value <= MAX_FIELD:
             what = "file over 4 GiB" if label == "size" else f"{label} {value} out of range"
@@ -66,17 +66,16 @@ class NewcWriter:
         if b"\0" in name:
             raise FieldOverflowError(f"{entry.path!r}: NUL byte in name")
         body = b""
+        size = entry.size if entry.type is FileType.FILE else 0
         if entry.type is FileType.SYMLINK:
             body = encode_name(entry.linkname)
-            entry = replace(entry, size=len(body))
-        elif entry.type is not FileType.FILE and entry.size:
-            entry = replace(entry, size=0)
-        header = encode_header(entry, namesize=len(name) + 1)
+            size = len(body)
+        header = encode_header(entry, namesize=len(name) + 1, size=size)
         head = header + name + b"\0"
         self._write(head + b"\0" * _pad(self._offset + len(head)))
         if body:
             self._write(body)
-        elif entry.size:
+        elif size:
             if data is None:
                 raise FormatError(f"{entry.path}: no data source for a {entry.size}-byte file")
             self._copy(entry, data)
