@@ -82,16 +82,19 @@ class RunResult:
 
 
 @contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so every cleanup runs."""
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM, and SIGHUP (the terminal went away), unwind like Ctrl-C, so every
+    cleanup runs: no container is left behind."""
     def interrupt(_signum, _frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {signum: signal.signal(signum, interrupt)
+                for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _spec(config: RunConfig) -> SessionSpec:
@@ -116,7 +119,7 @@ def run_session(config: RunConfig) -> RunResult:
             raise UsageError(f"cannot read --script {config.script}: {exc.strerror}") from None
     source = rootfs.parse_source(config.rootfs)
     compression = config.compression or compression_for_path(config.output)
-    with _sigterm_interrupts():
+    with _signals_interrupt():
         client = engine.connect()
         builder = engine.builder_image(client)
         volume = rootfs.ensure(client, source, builder)

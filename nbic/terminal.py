@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import shutil
 import signal
 import sys
 import termios
@@ -24,8 +23,9 @@ def interact(created: Any) -> None:
     saved = termios.tcgetattr(stdin)
 
     def resize(*_args) -> None:
-        size = shutil.get_terminal_size()
-        with contextlib.suppress(engine.EngineError):
+        # The terminal's own size: COLUMNS/LINES in the environment go stale.
+        with contextlib.suppress(OSError, engine.EngineError):
+            size = os.get_terminal_size(stdout)
             engine.resize(created, size.lines, size.columns)
 
     previous = signal.signal(signal.SIGWINCH, resize)

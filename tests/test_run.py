@@ -4,12 +4,18 @@ The images the tests need from Docker come from tests/docker-compose.yml
 through pytest-docker (the `docker_engine` fixture).
 """
 
+import fcntl
+import io
 import os
+import pty
+import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
+import termios
 import time
 from pathlib import Path
 
@@ -49,7 +55,7 @@ def quickstart_tar(rootfs_tar, tmp_path_factory) -> Path:
     with tarfile.open(target, "a") as archive:
         info = tarfile.TarInfo("./chroot")
         info.size, info.mode = len(CHROOT_SCRIPT), 0o755
-        archive.addfile(info, __import__("io").BytesIO(CHROOT_SCRIPT))
+        archive.addfile(info, io.BytesIO(CHROOT_SCRIPT))
     return target
 
 
@@ -96,8 +102,6 @@ def test_the_rootfs_is_imported_once(docker_engine, quickstart_tar, tmp_path):
 
 def test_interactive_session_through_a_pseudo_terminal(docker_engine, quickstart_tar,
                                                         tmp_path):
-    import pty
-
     image = tmp_path / "tty.cpio"
     pid, fd = pty.fork()
     if pid == 0:
@@ -105,6 +109,8 @@ def test_interactive_session_through_a_pseudo_terminal(docker_engine, quickstart
         os.execv(sys.executable, [sys.executable, "-m", "nbic.cli", "run", "--rootfs",
                                   str(quickstart_tar), "-o", str(image), "--", "/bin/bash",
                                   "--norc", "-i"])
+    # The user's window size reaches the session's terminal.
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
     transcript = b""
 
     def read_until(marker: bytes, timeout: float = 120) -> None:
@@ -112,14 +118,17 @@ def test_interactive_session_through_a_pseudo_terminal(docker_engine, quickstart
         deadline = time.monotonic() + timeout
         while marker not in transcript:
             assert time.monotonic() < deadline, transcript.decode(errors="replace")
+            if not select.select([fd], [], [], 0.5)[0]:
+                continue
             try:
                 transcript += os.read(fd, 4096)
             except OSError:
                 break
 
     read_until(b"# ")
-    os.write(fd, b"cat /etc/hostname; echo TYPED-$((6*7))\r")
+    os.write(fd, b"cat /etc/hostname; echo TYPED-$((6*7)); echo SIZE-$(stty size)\r")
     read_until(b"TYPED-42")
+    read_until(b"SIZE-33 101")
     os.write(fd, b"ls /usr\r")
     read_until(b"share")
     # Ctrl-C is a byte on the terminal: it interrupts the session's command,
@@ -211,7 +220,7 @@ def test_ptrace_tracer_sees_a_superset_of_fanotify(docker_engine, quickstart_tar
     assert "/etc/os-release" not in traces["fanotify"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_interrupting_a_session_leaves_nothing_behind(docker_engine, quickstart_tar, tmp_path,
                                                       signum):
     volumes_before = {v.name for v in docker_engine.volumes.list()}
