@@ -175,6 +175,7 @@ def _result(created, status: int) -> SessionResult:
     except engine.EngineError:
         raise SessionError(f"the session agent ended ({status}) without a result:\n"
                            f"{engine.logs_tail(created)}") from None
+    log.debug("session phases (s): %s", result.seconds)
     for notice in result.notices:
         log.info("%s", notice)
     for warning in result.warnings:

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 import traceback
 
 from nbic.agent import session, strace
@@ -172,14 +173,30 @@ def _init_choice(spec: SessionSpec, tree: DirTree, notices: list[str]
     return program, None
 
 
-def run_session(spec: SessionSpec, collector: _Collector) -> SessionResult:
-    notices: list[str] = []
+class _Clock:
+    """Seconds spent per phase, reported to the host (shown with --debug)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, phase: str) -> None:
+        now = time.monotonic()
+        self.seconds[phase] = round(now - self._last, 3)
+        self._last = now
+
+
+def _trace_session(spec: SessionSpec, notices: list[str], clock: _Clock
+                   ) -> tuple[int, set[str], str, DirTree]:
+    """Run the session under the tracer(s); returns its status, the traced paths,
+    the tracer used, and the rootfs as the session left it."""
     _mounts(spec)
     fanotify = None
     if spec.tracer in (Tracer.AUTO, Tracer.FANOTIFY, Tracer.BOTH):
         fanotify = _start_fanotify(spec, notices)
     use_ptrace = spec.tracer in (Tracer.PTRACE, Tracer.BOTH) or (
         fanotify is None and spec.tracer is not Tracer.NONE)
+    clock.lap("setup")
     argv = _session_argv(spec)
     env = session.session_environment(spec.term)
     if use_ptrace:
@@ -187,6 +204,7 @@ def run_session(spec: SessionSpec, collector: _Collector) -> SessionResult:
     else:
         status = session.run(argv, env, chroot_dir=ROOTFS)
     session.kill_leftovers()
+    clock.lap("session")
 
     traced: set[str] = set()
     if fanotify is not None:
@@ -198,17 +216,17 @@ def run_session(spec: SessionSpec, collector: _Collector) -> SessionResult:
             raise TraceError("strace left no log: the ptrace trace failed")
         with open(STRACE_LOG, encoding="utf-8", errors="surrogateescape") as log:
             traced |= strace.complete(strace.parse(log, ROOTFS), tree)
-    tracer_name = "both" if fanotify and use_ptrace else (
+    tracer = "both" if fanotify and use_ptrace else (
         "ptrace" if use_ptrace else "fanotify" if fanotify else "none")
-
     traced.discard("/")
-    traced = {path for path in traced if not path.startswith(SCRIPT_DIR + "/")
-              and path != SCRIPT_DIR}
-    os.makedirs(OUTPUT_DIR, exist_ok=True)
-    with open(f"{OUTPUT_DIR}/{TRACE_FILE}", "w", encoding="utf-8",
-              errors="surrogateescape") as out:
-        out.writelines(path + "\n" for path in sorted(traced))
+    traced = {path for path in traced
+              if path != SCRIPT_DIR and not path.startswith(SCRIPT_DIR + "/")}
+    clock.lap("trace")
+    return status, traced, tracer, tree
 
+
+def _image_members(spec: SessionSpec, tree: DirTree, traced: set[str],
+                   notices: list[str]) -> list[Member]:
     # Files the session created and deleted were traced but are gone: drop
     # them quietly. Paths from the user's lists must exist.
     traced_present = [path for path in traced if tree.resolve(path).target is not None]
@@ -223,11 +241,25 @@ def run_session(spec: SessionSpec, collector: _Collector) -> SessionResult:
                for name, entry in selection.entries.items() if name != "init" or not init_member]
     if init_member:
         members.append(init_member)
+    return order(members)
+
+
+def run_session(spec: SessionSpec, collector: _Collector) -> SessionResult:
+    notices: list[str] = []
+    clock = _Clock()
+    status, traced, tracer, tree = _trace_session(spec, notices, clock)
+    os.makedirs(OUTPUT_DIR, exist_ok=True)
+    with open(f"{OUTPUT_DIR}/{TRACE_FILE}", "w", encoding="utf-8",
+              errors="surrogateescape") as out:
+        out.writelines(path + "\n" for path in sorted(traced))
+    members = _image_members(spec, tree, traced, notices)
+    clock.lap("closure")
     with open(f"{OUTPUT_DIR}/{IMAGE_TAR}", "wb") as out:
-        count = write_tar(out, order(members))
-    return SessionResult(ok=True, session_status=status, tracer=tracer_name,
-                         traced=len(traced), entries=count,
-                         warnings=tuple(collector.messages), notices=tuple(notices))
+        count = write_tar(out, members)
+    clock.lap("tar")
+    return SessionResult(ok=True, session_status=status, tracer=tracer, traced=len(traced),
+                         entries=count, warnings=tuple(collector.messages),
+                         notices=tuple(notices), seconds=clock.seconds)
 
 
 def main(argv: list[str]) -> int:

@@ -58,7 +58,8 @@ class FanotifyTracer:
                       EVENTS | FAN_ONDIR | FAN_EVENT_ON_CHILD, AT_FDCWD, mount_point)
         self.paths: set[str] = set()
         self.error: str | None = None
-        self._stop = threading.Event()
+        # Written to by finish(): wakes the reader at once instead of at its next poll.
+        self._wake_read, self._wake_write = os.pipe()
         self._thread = threading.Thread(target=self._run, name="fanotify", daemon=True)
 
     def start(self) -> None:
@@ -69,9 +70,13 @@ class FanotifyTracer:
         try:
             poller = select.poll()
             poller.register(self._fd, select.POLLIN)
-            while not self._stop.is_set():
-                if poller.poll(100):
+            poller.register(self._wake_read, select.POLLIN)
+            while True:
+                ready = {fd for fd, _ in poller.poll()}
+                if self._fd in ready:
                     self._drain()
+                if self._wake_read in ready:
+                    return
         except (OSError, TraceError) as exc:
             self.error = str(exc)
 
@@ -118,9 +123,11 @@ class FanotifyTracer:
 
     def finish(self) -> set[str]:
         """Stop after the session's processes are gone: drain all that is queued."""
-        self._stop.set()
+        os.write(self._wake_write, b"x")
         if self._thread.is_alive():
             self._thread.join()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
         try:
             self._drain()
         except (OSError, TraceError) as exc:

@@ -69,6 +69,7 @@ class SessionResult:
     entries: int = 0
     warnings: tuple[str, ...] = field(default=())
     notices: tuple[str, ...] = field(default=())
+    seconds: dict[str, float] = field(default_factory=dict)  # time per phase
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
