@@ -133,8 +133,9 @@ def test_interactive_session_through_a_pseudo_terminal(docker_engine, quickstart
     read_until(b"share")
     # Ctrl-C is a byte on the terminal: it interrupts the session's command,
     # not nbic, and the shell carries on.
-    os.write(fd, b"sleep 300\r")
-    time.sleep(1)
+    os.write(fd, b"echo SLEEP-$((2*3)); sleep 300\r")
+    read_until(b"SLEEP-6")  # sleep runs now: only a Ctrl-C that reaches it ends it in time
+    time.sleep(0.5)
     os.write(fd, b"\x03")
     os.write(fd, b"echo AFTER-$((1+1))\r")
     read_until(b"AFTER-2", timeout=30)
