@@ -1,16 +1,19 @@
 """Output files appear whole or not at all: written to a temporary name in the
-target directory and renamed into place only when complete."""
+target directory and renamed into place only when complete. `write_image` is
+the last stage of every image nbic makes: archive, compressor, file."""
 
 from __future__ import annotations
 
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from nbic.cpio.archive import ArchiveStats, Member, write_archive
+from nbic.cpio.compress import CompressionSpec, compressed_writer
 from nbic.errors import NbicError
 
 
@@ -44,3 +47,16 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def write_image(path: str | Path, members: Iterable[Member], compression: CompressionSpec, *,
+                epoch: int | None, presorted: bool = False
+                ) -> tuple[ArchiveStats, int | None]:
+    """Write members as one compressed newc image; returns the archive's stats and
+    the image's size in bytes (None on standard output)."""
+    with atomic_output(path) as raw:
+        with compressed_writer(raw, compression) as stream:
+            stats = write_archive(stream, members, epoch=epoch, presorted=presorted)
+        raw.flush()
+        size = raw.tell() if raw.seekable() else None
+    return stats, size

@@ -18,17 +18,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nbic.closure import DEFAULT_DEVICES, ClosureConfig, parse_device, select
-from nbic.cpio.archive import ArchiveStats, Member, order, source_date_epoch, write_archive
+from nbic.cpio.archive import ArchiveStats, Member, order, source_date_epoch
 from nbic.cpio.compress import (
     CompressionSpec,
-    compressed_writer,
     compression_for_path,
     parse_compression,
 )
 from nbic.cpio.entry import Entry, FileType, ancestors
 from nbic.cpio.spec import SpecItem, format_spec_line, parse_spec
 from nbic.errors import NbicError, SpecError, UsageError
-from nbic.output import atomic_output
+from nbic.output import atomic_output, write_image
 from nbic.tree import Tree, opened_tree
 
 log = logging.getLogger("nbic")
@@ -189,12 +188,8 @@ def pack(config: PackConfig) -> PackResult:
         if tree is not None:
             tree.prefetch(image.from_tree)
         compression = config.compression or compression_for_path(config.output)
-        with atomic_output(config.output) as raw:
-            with compressed_writer(raw, compression) as stream:
-                stats = write_archive(stream, image.members.values(),
-                                      epoch=config.epoch)
-            raw.flush()
-            size = raw.tell() if raw.seekable() else None
+        stats, size = write_image(config.output, image.members.values(), compression,
+                                  epoch=config.epoch)
     log.info("wrote %s: %d entries, %d bytes of file data, %s bytes as %s", config.output,
              stats.entries, stats.data_bytes, size if size is not None else "?", compression)
     return PackResult(config.output, stats, size, compression)

@@ -30,15 +30,14 @@ from nbic.agent.protocol import (
     Tracer,
 )
 from nbic.closure import parse_device
-from nbic.cpio.archive import source_date_epoch, write_archive
+from nbic.cpio.archive import source_date_epoch
 from nbic.cpio.compress import (
     CompressionSpec,
-    compressed_writer,
     compression_for_path,
     parse_compression,
 )
 from nbic.errors import NbicError, UsageError
-from nbic.output import atomic_output
+from nbic.output import atomic_output, write_image
 from nbic.pack import read_file_list
 from nbic.tarstream import members_from_tar
 
@@ -142,13 +141,9 @@ def run_session(config: RunConfig) -> RunResult:
                 with engine.fetch_file(created, f"{OUTPUT_DIR}/{TRACE_FILE}") as trace, \
                         atomic_output(config.trace_out) as out:
                     shutil.copyfileobj(trace, out)
-            with engine.fetch_file(created, f"{OUTPUT_DIR}/{IMAGE_TAR}") as stream, \
-                    atomic_output(config.output) as raw:
-                with compressed_writer(raw, compression) as writer:
-                    stats = write_archive(writer, members_from_tar(stream), epoch=config.epoch,
-                                          presorted=True)
-                raw.flush()
-                size = raw.tell() if raw.seekable() else None
+            with engine.fetch_file(created, f"{OUTPUT_DIR}/{IMAGE_TAR}") as stream:
+                stats, size = write_image(config.output, members_from_tar(stream), compression,
+                                          epoch=config.epoch, presorted=True)
     log.info("wrote %s: %d entries from %d traced paths (%s tracer), %s bytes as %s",
              config.output, stats.entries, result.traced, result.tracer,
              size if size is not None else "?", compression)
