@@ -84,10 +84,6 @@ class BootResult:
     seconds: float
     init_exit: int | None  # /init's exit status, if the kernel reported it
 
-    @property
-    def passed(self) -> bool:
-        return self.outcome is BootOutcome.PASSED
-
     def tail(self, lines: int = 30) -> str:
         """The last ``lines`` lines of the console."""
         if lines <= 0:  # [-0:] would be everything

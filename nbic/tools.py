@@ -249,7 +249,6 @@ class _Extractor:
             self._root = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise NbicError(f"cannot extract into {target}: {exc.strerror}") from None
-        self._target = target
         self._as_root = os.geteuid() == 0
         self._anchors: dict[object, list[str]] = {}  # link_key -> first extracted name
         self._dirs: dict[tuple[str, ...], Entry] = {}

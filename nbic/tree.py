@@ -177,10 +177,6 @@ def _entry_from_stat(name: str, info: os.stat_result, host_path: str) -> Entry |
         link_key=(info.st_dev, info.st_ino) if is_file and info.st_nlink > 1 else None)
 
 
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.zst", ".tar.zstd",
-                ".tar.lz4", ".tar.bz2")
-
-
 class TarTree(Tree):
     """A rootfs tar, plain or compressed, from a file or standard input.
 

@@ -30,17 +30,6 @@ class FileType(enum.IntEnum):
     def from_mode(cls, mode: int) -> FileType:
         return cls(stat.S_IFMT(mode))
 
-    @property
-    def letter(self) -> str:
-        """The `ls -l` type letter."""
-        return _LETTERS[self]
-
-
-_LETTERS = {
-    FileType.FIFO: "p", FileType.CHAR: "c", FileType.DIR: "d", FileType.BLOCK: "b",
-    FileType.FILE: "-", FileType.SYMLINK: "l", FileType.SOCKET: "s",
-}
-
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -97,13 +86,6 @@ def normalize_name(path: str) -> str:
     if ".." in parts:
         raise UnsafePathError(f"path contains '..': {path!r}")
     return "/".join(parts) or "."
-
-
-def parent_name(name: str) -> str | None:
-    """Parent archive name, or None for top-level names and the root."""
-    if name == "." or "/" not in name:
-        return None
-    return name.rsplit("/", 1)[0]
 
 
 def ancestors(name: str) -> list[str]:
