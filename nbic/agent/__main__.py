@@ -272,7 +272,7 @@ def main(argv: list[str]) -> int:
     os.makedirs(OUTPUT_DIR, exist_ok=True)
     try:
         result = run_session(spec, collector)
-    except (NbicError, TraceError, OSError) as exc:
+    except (NbicError, OSError) as exc:
         result = SessionResult(ok=False, error=str(exc), warnings=tuple(collector.messages))
     except Exception:
         result = SessionResult(ok=False, error="agent failure:\n" + traceback.format_exc())

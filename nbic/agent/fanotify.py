@@ -17,6 +17,7 @@ import struct
 import threading
 
 from nbic.agent.syscalls import fanotify_init, fanotify_mark
+from nbic.errors import NbicError
 
 FAN_CLASS_NOTIF = 0x0
 FAN_CLOEXEC = 0x1
@@ -41,7 +42,7 @@ _METADATA = struct.Struct("=IBBHQii")
 _DELETED = " (deleted)"
 
 
-class TraceError(Exception):
+class TraceError(NbicError):
     """The trace is incomplete; no image may be made from it."""
 
 
