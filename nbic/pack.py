@@ -25,7 +25,7 @@ from nbic.cpio.compress import (
     parse_compression,
 )
 from nbic.cpio.entry import Entry, FileType, ancestors
-from nbic.cpio.spec import SpecItem, format_spec_line, parse_spec
+from nbic.cpio.spec import SpecItem, format_spec, parse_spec
 from nbic.errors import NbicError, SpecError, UsageError
 from nbic.output import atomic_output, write_image
 from nbic.tree import Tree, opened_tree
@@ -150,21 +150,9 @@ def plan(tree: Tree | None, wanted: list[str], specs: list[SpecItem], config: Cl
 
 
 def emit_spec(image: Plan) -> str:
-    """The spec list of what would be packed, each hardlink group as one `file` line."""
-    ordered = order(image.members.values())
-    groups: dict[object, list[str]] = {}
-    for member in ordered:
-        if member.entry.type is FileType.FILE and member.entry.nlink > 1:
-            groups.setdefault(member.entry.link_key, []).append(member.entry.name)
-    lines = []
-    for member in ordered:
-        entry = member.entry
-        names = groups.get(entry.link_key, [entry.name]) if entry.type is FileType.FILE else []
-        if names and names[0] != entry.name:
-            continue  # written with the first name of its group
-        location = next((image.locations[n] for n in names if n in image.locations), "")
-        lines.append(format_spec_line(entry, location, names[1:]))
-    return "".join(line + "\n" for line in lines)
+    """The spec list of what would be packed."""
+    return format_spec((member.entry, image.locations.get(member.entry.name, ""))
+                       for member in order(image.members.values()))
 
 
 def pack(config: PackConfig) -> PackResult:

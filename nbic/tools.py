@@ -28,7 +28,7 @@ from typing import BinaryIO
 
 from nbic.cpio.entry import Entry, FileType, encode_name, sort_key, split_path
 from nbic.cpio.image import ImageReader, open_image
-from nbic.cpio.spec import format_spec_line
+from nbic.cpio.spec import format_spec
 from nbic.errors import NbicError, UnsafePathError, UsageError
 
 log = logging.getLogger("nbic")
@@ -126,16 +126,6 @@ def _final_state(reader: ImageReader, *, hash_data: bool) -> dict[str, _Item]:
     return result
 
 
-def _link_groups(state: dict[str, _Item]) -> dict[object, list[str]]:
-    """Names of the final state that still share an inode, sorted, by link_key."""
-    groups: dict[object, list[str]] = {}
-    for name in sorted(state, key=sort_key):
-        entry = state[name].entry
-        if entry.type is FileType.FILE and entry.link_key is not None:
-            groups.setdefault(entry.link_key, []).append(name)
-    return groups
-
-
 # --- list ----------------------------------------------------------------------
 
 def _cpio_date(mtime: int, now: float) -> str:
@@ -159,26 +149,19 @@ def long_format(entry: Entry, now: float | None = None) -> str:
     return line
 
 
-def _spec_lines(state: dict[str, _Item]) -> Iterator[str]:
-    groups = _link_groups(state)
+def _spec(state: dict[str, _Item]) -> str:
+    """The image's final state as a spec list; files at ${NBIC_ROOT}/NAME, where
+    cpio-extract puts them."""
+    pairs = []
     for name in sorted(state, key=sort_key):
         entry = state[name].entry
         if ".." in name.split("/"):
             raise UnsafePathError(f"entry {entry.name!r} contains '..': no spec list for it")
-        for text in (name, entry.linkname):
-            if any(char.isspace() for char in text):
-                raise UsageError(f"entry {entry.name!r}: a gen_init_cpio spec list cannot "
-                                 "hold names or link targets with white space")
-        entry = Entry(name, entry.type, perm=entry.perm, uid=entry.uid, gid=entry.gid,
-                      linkname=entry.linkname, rdevmajor=entry.rdevmajor,
-                      rdevminor=entry.rdevminor)
-        if entry.type is not FileType.FILE:
-            yield format_spec_line(entry)
-            continue
-        group = groups.get(state[name].entry.link_key, [name])
-        if group[0] != name:
-            continue  # written with the first name of its group
-        yield format_spec_line(entry, "${NBIC_ROOT}/" + name, group[1:])
+        normalized = Entry(name, entry.type, perm=entry.perm, uid=entry.uid, gid=entry.gid,
+                           linkname=entry.linkname, rdevmajor=entry.rdevmajor,
+                           rdevminor=entry.rdevminor, link_key=entry.link_key)
+        pairs.append((normalized, "${NBIC_ROOT}/" + name))
+    return format_spec(pairs)
 
 
 def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
@@ -198,7 +181,7 @@ def run_list(args: argparse.Namespace) -> int:
     with open_image(args.image) as reader:
         if args.spec:
             # Whole before printed: an entry no spec list can hold leaves no half list.
-            for line in list(_spec_lines(_final_state(reader, hash_data=False))):
+            for line in _spec(_final_state(reader, hash_data=False)).splitlines():
                 _emit(line)
         elif args.segments:
             counts: dict[int, int] = {}

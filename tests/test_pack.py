@@ -157,3 +157,32 @@ def test_a_broken_rootfs_tar_is_a_clear_error(tmp_path):
                   check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "broken.tar.gz" in result.stderr
+
+
+def test_emit_spec_refuses_a_name_no_spec_line_can_hold(tmp_path):
+    root = tmp_path / "rootfs"
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/bin/my tool").write_bytes(b"#!/bin/sh\n")
+    (root / "chroot").write_bytes(b"#!/bin/sh\n")
+    files = tmp_path / "files.list"
+    files.write_text("/usr/bin/my tool\n")
+    spec = tmp_path / "out.spec"
+    result = nbic("pack", "--rootfs", root, "--files-from", files, "--emit-spec", spec,
+                  check=False)
+    assert result.returncode == 1 and "white space" in result.stderr
+    assert "/usr/bin/my tool" in result.stderr and not spec.exists()
+
+
+def test_emitted_spec_groups_hardlinks_on_one_line(tmp_path):
+    root = tmp_path / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin/perl").write_bytes(b"perl")
+    os.link(root / "bin/perl", root / "bin/perl5")
+    (root / "chroot").write_bytes(b"#!/bin/sh\n")
+    files = tmp_path / "files.list"
+    files.write_text("/bin/perl\n")
+    spec = tmp_path / "out.spec"
+    nbic("pack", "--rootfs", root, "--files-from", files, "--emit-spec", spec)
+    lines = [line for line in spec.read_text().splitlines() if "perl" in line]
+    assert lines == [f"file /bin/perl {root}/bin/perl 0644 {os.getuid()} {os.getgid()} "
+                     "/bin/perl5"]

@@ -354,7 +354,7 @@ def test_spec_list_refuses_white_space(tmp_path):
     image = write(tmp_path / "img", archive([member("a b", data=b"x")]))
     result = run_tool("list", "--spec", image, check=1)
     assert result.stdout == b""
-    assert "'a b'" in result.stderr.decode()
+    assert "'/a b'" in result.stderr.decode()
 
 
 def _rebuild_from_spec(spec_text: str, root: Path) -> bytes:

@@ -121,3 +121,28 @@ def format_spec_line(entry: Entry, location: str = "", hardlinks: Iterable[str] 
             kind = "c" if entry.type is FileType.CHAR else "b"
             return f"nod {entry.path} {owner} {kind} {entry.rdevmajor} {entry.rdevminor}"
     return f"{_KEYWORD[entry.type]} {entry.path} {owner}"
+
+
+def format_spec(entries: Iterable[tuple[Entry, str]]) -> str:
+    """A spec list of (entry, location) pairs given in order. The names of a hardlink
+    group (one link_key) become one `file` line at the first name, with the group's
+    first non-empty location. Names with white space are refused: no line holds them."""
+    items = list(entries)
+    groups: dict[object, list[str]] = {}
+    for entry, _ in items:
+        if entry.type is FileType.FILE and entry.link_key is not None:
+            groups.setdefault(entry.link_key, []).append(entry.name)
+    locations = {entry.name: location for entry, location in items if location}
+    lines = []
+    for entry, location in items:
+        for text in (entry.name, entry.linkname):
+            if any(char.isspace() for char in text):
+                raise SpecError(f"{entry.path!r}: a gen_init_cpio spec list cannot hold names "
+                                "or link targets with white space")
+        names = groups.get(entry.link_key, [entry.name]) \
+            if entry.type is FileType.FILE else [entry.name]
+        if names[0] != entry.name:
+            continue  # written with the first name of its group
+        location = next((locations[n] for n in names if n in locations), location)
+        lines.append(format_spec_line(entry, location, names[1:]))
+    return "".join(line + "\n" for line in lines)
