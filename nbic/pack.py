@@ -183,15 +183,11 @@ def pack(config: PackConfig) -> PackResult:
     return PackResult(config.output, stats, size, compression)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rootfs", metavar="SRC",
-                        help="reference rootfs: a directory, a tar (.tar, .tar.gz, .tar.xz, "
-                        ".tar.zst) or - for a tar on standard input")
+def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """What goes in besides the listed or traced files, and how it is compressed:
+    the options `nbic pack` and `nbic run` share."""
     parser.add_argument("--files-from", metavar="LIST", action="append", default=[],
                         help="paths to include, one per line (# comments); repeatable")
-    parser.add_argument("--spec", metavar="LIST", action="append", default=[],
-                        help="a gen_init_cpio spec list to add (file locations are host "
-                        "paths; ${VAR} expands); repeatable")
     parser.add_argument("--include", metavar="GLOB", action="append", default=[],
                         help="also include rootfs paths matching GLOB (e.g. '/etc/ssl/*')")
     parser.add_argument("--exclude", metavar="GLOB", action="append", default=[],
@@ -205,11 +201,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the rootfs's /init, else its /chroot)")
     parser.add_argument("--strict", action="store_true",
                         help="a listed path missing from the rootfs is an error")
-    parser.add_argument("-o", "--output", metavar="OUT",
-                        help="image to write (.cpio, .cpio.zst, .gz, .xz, .lz4; - for stdout)")
     parser.add_argument("--compress", metavar="NAME[:LEVEL]",
                         help="zstd (default level 19), gzip, xz, lz4 or none; default: by "
-                        "the output's suffix")
+                        "the output's suffix (.zst, .gz, .xz, .lz4; else none)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rootfs", metavar="SRC",
+                        help="reference rootfs: a directory, a tar (.tar, .tar.gz, .tar.xz, "
+                        ".tar.zst) or - for a tar on standard input")
+    parser.add_argument("--spec", metavar="LIST", action="append", default=[],
+                        help="a gen_init_cpio spec list to add (file locations are host "
+                        "paths; ${VAR} expands); repeatable")
+    add_selection_arguments(parser)
+    parser.add_argument("-o", "--output", metavar="OUT",
+                        help="image to write (.cpio, .cpio.zst, .gz, .xz, .lz4; - for stdout)")
     parser.add_argument("--emit-spec", metavar="FILE",
                         help="write the spec list of what would be packed")
 

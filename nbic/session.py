@@ -38,7 +38,7 @@ from nbic.cpio.compress import (
 )
 from nbic.errors import NbicError, UsageError
 from nbic.output import atomic_output, write_image
-from nbic.pack import read_file_list
+from nbic.pack import add_selection_arguments, read_file_list
 from nbic.tarstream import members_from_tar
 
 log = logging.getLogger("nbic")
@@ -191,17 +191,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracer", choices=[t.value for t in Tracer], default="auto",
                         help="fanotify (default where permitted), ptrace (strace: also "
                         "stat-only lookups), both, or none (only --files-from lists)")
-    parser.add_argument("--files-from", metavar="LIST", action="append", default=[],
-                        help="also include these paths (one per line)")
-    parser.add_argument("--include", metavar="GLOB", action="append", default=[])
-    parser.add_argument("--exclude", metavar="GLOB", action="append", default=[])
-    parser.add_argument("--dev", metavar="DEV", action="append", default=[],
-                        help="add a device node (see nbic pack --help)")
-    parser.add_argument("--init", metavar="PATH",
-                        help="boot this rootfs program as /init (default: /init, else /chroot)")
-    parser.add_argument("--strict", action="store_true",
-                        help="a --files-from path missing from the rootfs is an error")
-    parser.add_argument("--compress", metavar="NAME[:LEVEL]")
+    add_selection_arguments(parser)
     parser.add_argument("--trace-out", metavar="FILE", help="save the traced path list")
     parser.add_argument("--test-bounded-queue", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--test-deny-fanotify", action="store_true", help=argparse.SUPPRESS)
