@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import docker
 
 from nbic import __version__
+from nbic.cpio.source import ChunkReader
 from nbic.errors import NbicError
 
 log = logging.getLogger("nbic")
@@ -200,28 +201,10 @@ def logs_tail(created: Any, lines: int = 20) -> str:
         return created.logs(tail=lines).decode("utf-8", "replace").strip()
 
 
-class ChunkReader(io.RawIOBase):
-    """A file over an iterator of byte chunks (the SDK's archive streams)."""
-
-    def __init__(self, chunks: Iterator[bytes]):
-        self._chunks = iter(chunks)
-        self._buffer = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target) -> int:
-        while not self._buffer:
-            try:
-                self._buffer = next(self._chunks)
-            except StopIteration:
-                return 0
-            except _failures() as exc:
-                raise EngineError(f"reading from Docker: {_explain(exc)}") from exc
-        size = min(len(target), len(self._buffer))
-        target[:size] = self._buffer[:size]
-        self._buffer = self._buffer[size:]
-        return size
+def _translated(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The chunks of an SDK stream, its failures turned into EngineError."""
+    with docker_errors("reading from Docker"):
+        yield from chunks
 
 
 @contextmanager
@@ -231,7 +214,7 @@ def fetch_tree(created: Any, path: str
     each member's data readable until the next is taken."""
     with docker_errors(f"fetching {path} from a container"):
         chunks, _stat = created.get_archive(path, chunk_size=1 << 20)
-    stream = io.BufferedReader(ChunkReader(chunks), 1 << 20)
+    stream = io.BufferedReader(ChunkReader(_translated(chunks)), 1 << 20)
     with tarfile.open(fileobj=stream, mode="r|", encoding="utf-8",
                       errors="surrogateescape") as archive:
         yield ((info, archive.extractfile(info) if info.isreg() else None)

@@ -228,14 +228,15 @@ class TarTree(Tree):
 
     def _open_stream(self) -> tarfile.TarFile:
         from nbic.cpio.compress import decompressor_for, detect
-        from nbic.cpio.source import ByteSource, DecompressedSource
+        from nbic.cpio.source import CHUNK, ByteSource, ChunkReader, DecompressedSource
 
         self._stream.seek(0)
         outer = ByteSource(self._stream, self._label)
         head = outer.peek(8)
         method = detect(head)
         inner = DecompressedSource(outer, decompressor_for(method, head), method.value)
-        return tarfile.open(fileobj=_SourceReader(inner), mode="r|", encoding="utf-8",
+        chunks = iter(lambda: inner.read_some(CHUNK), b"")
+        return tarfile.open(fileobj=ChunkReader(chunks), mode="r|", encoding="utf-8",
                             errors="surrogateescape")
 
     def _index(self, archive: tarfile.TarFile) -> dict[str, Entry]:
@@ -293,21 +294,6 @@ class TarTree(Tree):
         self._stream.close()
         if self._spool:
             self._spool.close()
-
-
-class _SourceReader(io.RawIOBase):
-    """A ByteSource seen as a readable file, for tarfile's stream mode."""
-
-    def __init__(self, source):
-        self._source = source
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self._source.read_some(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
 
 def _entry_from_tarinfo(name: str, info: tarfile.TarInfo, seen: dict[str, Entry]

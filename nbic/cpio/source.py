@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
 from typing import BinaryIO, Protocol
 
 from nbic.errors import CompressionError, FormatError
@@ -191,3 +192,25 @@ class DecompressedSource(ByteSource):
             if out:
                 return out
         return b""
+
+
+class ChunkReader(io.RawIOBase):
+    """A readable file over an iterator of byte chunks (for tarfile's stream mode)."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = iter(chunks)
+        self._buffer = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        while not self._buffer:
+            chunk = next(self._chunks, b"")
+            if not chunk:
+                return 0
+            self._buffer = memoryview(chunk)
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]  # a view: nothing is copied
+        return size
