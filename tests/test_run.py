@@ -315,6 +315,17 @@ def test_ptrace_fallback_where_fanotify_is_refused(docker_engine, rootfs_tar, tm
     assert refused.returncode == 1 and "fanotify" in refused.stderr
 
 
+def test_tracer_none_takes_only_the_lists(docker_engine, rootfs_tar, tmp_path):
+    listed = tmp_path / "listed"
+    listed.write_text("/usr/bin/tr\n")
+    image = tmp_path / "none.cpio"
+    result = nbic("run", "--rootfs", rootfs_tar, "--tracer", "none", "--files-from", listed,
+                  "--init", "/usr/bin/tr", "-o", image, "--", "cat", "/etc/debian_version")
+    assert "0 traced paths" in result.stderr
+    entries = names(image)
+    assert "usr/bin/tr" in entries and "usr/bin/cat" not in entries
+
+
 def test_tracer_both_merges_the_two(docker_engine, rootfs_tar, tmp_path):
     traces = {}
     for tracer in ("fanotify", "ptrace", "both"):
