@@ -5,8 +5,8 @@
 and returns a ``docker.DockerClient`` once the ``builder`` service runs. The
 images the tests use are then present locally:
 
-* ``nbic-builder:test``: the builder image (repo root ``Dockerfile``);
-* ``nbic-test-rootfs:latest``: debian:bookworm plus ``/etc/nbic-test-marker``
+* ``nbic-builder:$NBIC_TEST_TAG`` (default ``test``): the builder image (repo root ``Dockerfile``);
+* ``nbic-test-rootfs:$NBIC_TEST_TAG``: debian:bookworm plus ``/etc/nbic-test-marker``
   (``ROOTFS_IMAGE_MARKER``) and an executable ``/chroot`` script that prints
   ``ROOTFS_IMAGE_HELLO``.
 
@@ -22,11 +22,14 @@ from pathlib import Path
 import docker
 import pytest
 
-BUILDER_IMAGE = "nbic-builder:test"
-ROOTFS_IMAGE = "nbic-test-rootfs:latest"
+# NBIC_TEST_TAG and NBIC_TEST_COMPOSE_PROJECT keep concurrent test runs (one per
+# checkout) from sharing compose services and image tags.
+TEST_TAG = os.environ.get("NBIC_TEST_TAG", "test")
+BUILDER_IMAGE = f"nbic-builder:{TEST_TAG}"
+ROOTFS_IMAGE = f"nbic-test-rootfs:{TEST_TAG}"
 ROOTFS_IMAGE_MARKER = "nbic test rootfs marker\n"
 ROOTFS_IMAGE_HELLO = "hello-from-docker-rootfs\n"
-COMPOSE_PROJECT = "nbictests"
+COMPOSE_PROJECT = os.environ.get("NBIC_TEST_COMPOSE_PROJECT", "nbictests")
 COMPOSE_FILE = Path(__file__).with_name("docker-compose.yml")
 
 
