@@ -157,12 +157,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--script", metavar="FILE", help="the check: a script to run")
     parser.add_argument("--rootfs", metavar="SRC",
                         help="the reference rootfs, to say which missing paths it has")
-    parser.add_argument("command", nargs=argparse.REMAINDER,
+    parser.add_argument("command", nargs="*",
                         help="-- COMMAND [ARGS...]: the check, run in the image")
 
 
 def run(args: argparse.Namespace) -> int:
-    command = tuple(args.command[1:] if args.command[:1] == ["--"] else args.command)
+    command = tuple(args.command)
     if command and args.script:
         raise UsageError("give --script or a command, not both")
     replay = verify(VerifyConfig(args.image, args.script, command, args.rootfs))

@@ -40,6 +40,7 @@ from nbic.agent.protocol import (
     Replay,
     Request,
     Result,
+    Session,
     Task,
     spec_input,
 )
@@ -135,31 +136,50 @@ def session_task(request: Request, clock: _Clock) -> Result:
     clock.lap("image")
     replays: list[Replay] = []
     fixed: list[str] = []
+    checked_in_rootfs = False
     while selection.verify is not Verify.OFF:
         replays.append(_replay_image(image, tree))
         clock.lap("verify")
         last = replays[-1]
         if last.status == 0 or selection.verify is Verify.CHECK or len(replays) >= FIX_ROUNDS:
             break
-        added = [lookup for lookup in last.missing if lookup.in_rootfs
-                 and lookup.path not in fixed]
-        if not added:
-            break
-        for lookup in added:
-            logging.getLogger("nbic").info("--fix: adding %s (looked up by %s)",
-                                           lookup.path, lookup.program)
-            fixed.append(lookup.path)
-            used.append(Wanted(lookup.path, f"verify --fix: looked up by {lookup.program}"))
-        previous = image.entries.keys()
+        added = [(lookup.path, f"verify --fix: looked up by {lookup.program} in the replay")
+                 for lookup in last.missing if lookup.in_rootfs]
+        if not checked_in_rootfs:
+            # A lookup that never reaches the filesystem (CPython's finder lists a
+            # directory and looks no further) names nothing: what the check uses
+            # in the rootfs does.
+            checked_in_rootfs = True
+            check_trace, tree = _trace_check(session)
+            added += [(path, "verify --fix: " + _traced_reason(call, program).replace(
+                "traced: ", "the check in the rootfs: "))
+                for path, (call, program) in sorted(check_trace.uses.items())]
+            clock.lap("verify")
+        before = set(image.entries)
+        for path, reason in added:
+            if path not in fixed:
+                used.append(Wanted(path, reason))
         image = image_plan()
-        if image.entries.keys() == previous:
+        new = sorted(set(image.entries) - before)
+        if not new:
             break
+        for name in new:
+            logging.getLogger("nbic").info("--fix: added /%s (%s)", name, image.reasons[name])
+        fixed.extend("/" + name for name in new)
         _write_image(image, tree, selection.epoch)
         clock.lap("image")
     _write_report(image, trace, replays, fixed)
     return Result(ok=True, session_status=trace.status, tracer=trace.tracer,
                   traced=len(trace.uses), entries=len(image.entries), replays=tuple(replays),
                   fixed=tuple(fixed))
+
+
+def _trace_check(session: Session) -> tuple[Trace, DirTree]:
+    """Run the check as a traced session in the rootfs, as the session left it."""
+    mounts.session_mounts(ROOTFS)
+    mounts.script_dir(ROOTFS, {CHECK: f"{INPUT_DIR}/{CHECK}"})
+    env = chroot.session_environment("vt100")
+    return trace_session(ROOTFS, [f"{mounts.SCRIPT_DIR}/{CHECK}"], env, session.tracer)
 
 
 def _traced_reason(call: str, program: str) -> str:
