@@ -13,11 +13,11 @@ import codecs
 import os
 import posixpath
 import re
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from nbic.cpio.entry import FileType
+from nbic.elf import interpreter
+from nbic.errors import ElfError
 from nbic.tree import Tree
 
 STRACE = "strace"
@@ -147,46 +147,15 @@ def complete(trace: StraceTrace, tree: Tree) -> set[str]:
         if program is None or ("/" + program in result and program in trace.executed):
             continue
         result.add("/" + program)
-        interpreter = _interpreter(tree, program)
-        if interpreter and interpreter not in result:
-            result.add(interpreter)
-            pending.append(interpreter)
+        try:
+            program_interpreter = interpreter(tree, program)
+        except ElfError:
+            continue  # the kernel ran it: the session has replaced it since
+        if program_interpreter and program_interpreter not in result:
+            result.add(program_interpreter)
+            pending.append(program_interpreter)
     for path in trace.paths:
         target = tree.resolve(path).target
         if target and target != ".":
             result.add("/" + target)
     return result
-
-
-_ELF_HEADER = struct.Struct("<4sB11xHHIQQQIHHHHHH")
-_PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")
-_PT_INTERP = 3
-
-
-def _interpreter(tree: Tree, name: str) -> str | None:
-    entry = tree.get(name)
-    if entry is None or entry.type is not FileType.FILE:
-        return None
-    try:
-        with tree.open(name) as stream:
-            head = stream.read(4096)
-            if head.startswith(b"#!"):
-                words = head[2:].split(b"\n", 1)[0].split()
-                return os.fsdecode(words[0]) if words else None
-            if len(head) < _ELF_HEADER.size or not head.startswith(b"\x7fELF") or head[4] != 2:
-                return None  # only 64-bit little-endian ELF is read here
-            fields = _ELF_HEADER.unpack_from(head)
-            phoff, phentsize, phnum = fields[6], fields[10], fields[11]
-            for index in range(phnum):
-                stream.seek(phoff + index * phentsize)
-                header = stream.read(_PROGRAM_HEADER.size)
-                if len(header) < _PROGRAM_HEADER.size:
-                    return None
-                kind, _flags, offset, _vaddr, _paddr, size = \
-                    _PROGRAM_HEADER.unpack(header)[:6]
-                if kind == _PT_INTERP:
-                    stream.seek(offset)
-                    return os.fsdecode(stream.read(size).split(b"\0", 1)[0])
-    except OSError:
-        return None
-    return None
