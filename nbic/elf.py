@@ -322,7 +322,7 @@ class _Object:
 
     path: str  # the name it was opened by
     elf: Elf
-    origin: str  # $ORIGIN: its directory, resolved in the tree
+    origin: str  # $ORIGIN
     loader: _Object | None  # the object whose DT_NEEDED loaded it first
 
 
@@ -356,7 +356,9 @@ class _Linker:
                               f"{_MAX_SCRIPT_NESTING} deep")
         elf = self._elf(name)
         if elf is not None:
-            self._link(_Object(path, elf, self._directory("/" + name), None), name)
+            # $ORIGIN of the program is where it really is, as /proc/self/exe says;
+            # of a library, the directory of the name it was opened by.
+            self._link(_Object(path, elf, posixpath.dirname("/" + name), None), name)
 
     def _need(self, path: str, why: str) -> None:
         self.needed.setdefault(path, Needed(path, why))
@@ -365,14 +367,6 @@ class _Linker:
         if name not in self._elves:
             self._elves[name] = read_elf(self.tree, name)
         return self._elves[name]
-
-    def _directory(self, path: str) -> str:
-        """$ORIGIN of the object opened as `path`: its directory, symlinks resolved."""
-        parent = posixpath.dirname(path)
-        target = self.tree.resolve(parent).target
-        if target is None:
-            return parent
-        return "/" if target == "." else "/" + target
 
     def _link(self, main: _Object, main_name: str) -> None:
         """Load the program's PT_INTERP and, breadth first as ld.so does, its DT_NEEDED."""
@@ -403,20 +397,26 @@ class _Linker:
             for needing, needed, candidates in requests:
                 if needed in loaded_names:
                     continue
-                found = next(((path, name, via) for path, name, via in candidates
-                              if (elf := self._elf(name)) and elf.kind == main.elf.kind), None)
+                found = self._first_of_kind(candidates, main.elf.kind)
                 if found is None:
                     self.missing[Missing(needed, f"DT_NEEDED of {needing.path}")] = None
                     continue
-                path, name, via = found
+                path, name, via, elf = found
                 loaded_names.add(needed)
                 if name in loaded_files:
                     continue
-                elf = self._elves[name]
                 loaded_files.add(name)
                 loaded_names.update(filter(None, (path, elf.soname)))
                 self._need(path, f"DT_NEEDED {needed} of {needing.path} via {via}")
-                level.append(_Object(path, elf, self._directory(path), needing))
+                level.append(_Object(path, elf, posixpath.dirname(path), needing))
+
+    def _first_of_kind(self, candidates: list[tuple[str, str, str]], kind: Kind
+                       ) -> tuple[str, str, str, Elf] | None:
+        for path, name, via in candidates:
+            elf = self._elf(name)
+            if elf is not None and elf.kind == kind:
+                return path, name, via, elf
+        return None
 
     def _candidates(self, needing: _Object, needed: str, kind: Kind
                     ) -> list[tuple[str, str, str]]:
