@@ -311,8 +311,19 @@ def needed_closure(tree: Tree, *programs: str) -> Closure:
     and ld.so load it, and what they need that is not there. Each program is its own
     process: a library is searched for each, and listed once per path."""
     linker = _Linker(tree)
-    for program in programs:
-        linker.add(program)
+    walks = [linker.walk(program) for program in programs]
+    # The walks go in step, each pausing with the files it reads next: a streamed
+    # tar is then read once per step for all of them, not once per file.
+    while walks:
+        wanted: set[str] = set()
+        running = []
+        for walk in walks:
+            names = next(walk, None)
+            if names is not None:
+                wanted |= names
+                running.append(walk)
+        tree.prefetch(wanted)
+        walks = running
     return Closure(tuple(linker.needed.values()), tuple(linker.missing))
 
 
@@ -322,7 +333,7 @@ class _Object:
 
     path: str  # the name it was opened by
     elf: Elf
-    origin: str  # $ORIGIN: its directory, resolved in the tree
+    origin: str  # $ORIGIN
     loader: _Object | None  # the object whose DT_NEEDED loaded it first
 
 
@@ -336,12 +347,15 @@ class _Linker:
         self._elves: dict[str, Elf | None] = {}
         self.conf_dirs = _ld_so_conf(tree)
 
-    def add(self, program: str) -> None:
+    def walk(self, program: str) -> Iterator[set[str]]:
+        """Find what `program` needs, yielding the tree names it reads next before it
+        reads them."""
         path = program
         name = _regular_file(self.tree, path)
         if name is None:
             raise RootfsError(f"{program} is not a file in {self.tree.description}")
         for _depth in range(_MAX_SCRIPT_NESTING):
+            yield {name}
             script = _script_interpreter(self.tree, name)
             if script is None:
                 break
@@ -356,7 +370,9 @@ class _Linker:
                               f"{_MAX_SCRIPT_NESTING} deep")
         elf = self._elf(name)
         if elf is not None:
-            self._link(_Object(path, elf, self._directory("/" + name), None), name)
+            # $ORIGIN of the program is where it really is, as /proc/self/exe says;
+            # of a library, the directory of the name it was opened by.
+            yield from self._link(_Object(path, elf, posixpath.dirname("/" + name), None), name)
 
     def _need(self, path: str, why: str) -> None:
         self.needed.setdefault(path, Needed(path, why))
@@ -366,15 +382,7 @@ class _Linker:
             self._elves[name] = read_elf(self.tree, name)
         return self._elves[name]
 
-    def _directory(self, path: str) -> str:
-        """$ORIGIN of the object opened as `path`: its directory, symlinks resolved."""
-        parent = posixpath.dirname(path)
-        target = self.tree.resolve(parent).target
-        if target is None:
-            return parent
-        return "/" if target == "." else "/" + target
-
-    def _link(self, main: _Object, main_name: str) -> None:
+    def _link(self, main: _Object, main_name: str) -> Iterator[set[str]]:
         """Load the program's PT_INTERP and, breadth first as ld.so does, its DT_NEEDED."""
         loaded_names: set[str] = set()  # names that match a loaded object, as ld.so compares
         loaded_files = {main_name}  # ld.so also knows a file it loaded under another name
@@ -386,6 +394,7 @@ class _Linker:
                 self.missing[Missing(interp, why)] = None
             else:
                 self._need(interp, why)
+                yield {name}
                 loaded_files.add(name)
                 loaded_names.add(interp)
                 rtld = self._elf(name)
@@ -396,27 +405,32 @@ class _Linker:
             requests = [(needing, needed, self._candidates(needing, needed, main.elf.kind))
                         for needing in level for needed in needing.elf.needed
                         if needed not in loaded_names]
-            # One prefetch per level: a streamed tar is read once for all of them.
-            self.tree.prefetch({name for _, _, candidates in requests
-                                for _, name, _ in candidates if name not in self._elves})
+            yield {name for _, _, candidates in requests for _, name, _ in candidates
+                   if name not in self._elves}
             level = []
             for needing, needed, candidates in requests:
                 if needed in loaded_names:
                     continue
-                found = next(((path, name, via) for path, name, via in candidates
-                              if (elf := self._elf(name)) and elf.kind == main.elf.kind), None)
+                found = self._first_of_kind(candidates, main.elf.kind)
                 if found is None:
                     self.missing[Missing(needed, f"DT_NEEDED of {needing.path}")] = None
                     continue
-                path, name, via = found
+                path, name, via, elf = found
                 loaded_names.add(needed)
                 if name in loaded_files:
                     continue
-                elf = self._elves[name]
                 loaded_files.add(name)
                 loaded_names.update(filter(None, (path, elf.soname)))
                 self._need(path, f"DT_NEEDED {needed} of {needing.path} via {via}")
-                level.append(_Object(path, elf, self._directory(path), needing))
+                level.append(_Object(path, elf, posixpath.dirname(path), needing))
+
+    def _first_of_kind(self, candidates: list[tuple[str, str, str]], kind: Kind
+                       ) -> tuple[str, str, str, Elf] | None:
+        for path, name, via in candidates:
+            elf = self._elf(name)
+            if elf is not None and elf.kind == kind:
+                return path, name, via, elf
+        return None
 
     def _candidates(self, needing: _Object, needed: str, kind: Kind
                     ) -> list[tuple[str, str, str]]:

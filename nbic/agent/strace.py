@@ -10,7 +10,6 @@ or the directory fd strace decodes with -y.
 from __future__ import annotations
 
 import codecs
-import logging
 import os
 import posixpath
 import re
@@ -21,8 +20,6 @@ from nbic import elf
 from nbic.cpio.entry import FileType
 from nbic.errors import ElfError
 from nbic.tree import Tree
-
-log = logging.getLogger("nbic")
 
 STRACE = "strace"
 _SYSCALLS = "%file,fchdir,clone,clone3,fork,vfork"
@@ -165,9 +162,8 @@ def complete(trace: StraceTrace, tree: Tree) -> dict[str, tuple[str, str]]:
         result.setdefault("/" + target, ("exec", program))
         try:
             interpreter = elf.interpreter(tree, target)
-        except ElfError as exc:
-            log.warning("%s", exc)
-            continue
+        except ElfError:
+            continue  # the kernel ran it: the session has replaced it since
         if interpreter and interpreter not in result:
             result[interpreter] = ("interpreter", program)
             pending.append((interpreter, program))
