@@ -191,17 +191,6 @@ def _identity(source: RootfsSource) -> str:
     return _directory_manifest(source.location)
 
 
-def remembered_key(source: RootfsSource) -> str | None:
-    """The cache key of a tar or directory source as last computed, if its identity
-    (file identity, or directory manifest) is unchanged since; else None."""
-    if source.kind not in (SourceKind.TAR, SourceKind.DIR):
-        return None
-    try:
-        return _known_digests().get(_identity(source))
-    except (OSError, RootfsError):
-        return None
-
-
 def cache_key(client, source: RootfsSource) -> str:
     """The digest of a source's content. For tars and directories it is remembered
     per identity: hashing a 200 MB rootfs on every run would cost more than the run."""

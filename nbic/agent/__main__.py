@@ -170,7 +170,7 @@ def session_task(request: Request, clock: _Clock) -> Result:
         fixed.extend("/" + name for name in new)
         _write_image(image, tree, selection.epoch)
         clock.lap("image")
-    _write_report(image, trace, replays, fixed)
+    _write_report(request, image, trace, replays, fixed)
     return Result(ok=True, session_status=trace.status, tracer=trace.tracer,
                   traced=len(trace.uses), entries=len(image.entries), replays=tuple(replays),
                   fixed=tuple(fixed))
@@ -228,7 +228,7 @@ def _lookups(failed: dict[str, tuple[str, str]], tree: Tree | None) -> tuple[Loo
         for path, (_call, program) in sorted(failed.items()))
 
 
-def _write_report(image: ImagePlan, trace: Trace, replays: list[Replay],
+def _write_report(request: Request, image: ImagePlan, trace: Trace, replays: list[Replay],
                   fixed: list[str]) -> None:
     """Every entry of the image with the reason it went in (`--report`)."""
     entries = [{"path": entry.path, "type": _TYPE_NAMES[entry.type],
@@ -243,6 +243,7 @@ def _write_report(image: ImagePlan, trace: Trace, replays: list[Replay],
         "verify": [serial.to_data(item) for item in replays],
         "fixed": fixed,
         "missing_from_lists": list(image.missing),
+        "selection": serial.to_data(request.selection),  # as the agent received it
     }
     with open(f"{OUTPUT_DIR}/{REPORT_FILE}", "w", encoding="utf-8",
               errors="surrogateescape") as out:
