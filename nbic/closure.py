@@ -262,7 +262,7 @@ def _choose_init(tree: Tree, chooser: _Chooser, selection: Selection,
                           "script in the rootfs")
     physical = chooser.add_path(target, reason)
     entry = tree.get(physical) if physical else None
-    if entry is None or entry.type is not FileType.FILE:
+    if physical is None or entry is None or entry.type is not FileType.FILE:
         raise RootfsError(f"--init {target}: not a file in {tree.description}")
     if physical != "init":
         result.entries["init"] = Entry("init", FileType.SYMLINK, perm=0o777,
@@ -347,6 +347,7 @@ def _overlay_spec_item(item: SpecItem, reason: str, spec_file: Callable[[str], s
     if entry.type is not FileType.FILE:
         _put(result, entry, reason)
         return
+    assert item.location is not None  # a `file` line always names one
     location = spec_file(item.location)
     try:
         info = os.stat(location)

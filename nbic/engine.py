@@ -17,6 +17,7 @@ import logging
 import os
 import tarfile
 import tempfile
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -285,7 +286,7 @@ def fetch_tree(created: Any, path: str
     stream = io.BufferedReader(ChunkReader(_translated(chunks)), 1 << 20)
     with tarfile.open(fileobj=stream, mode="r|", encoding="utf-8",
                       errors="surrogateescape") as archive:
-        yield ((info, archive.extractfile(info) if info.isreg() else None)
+        yield ((info, typing.cast(BinaryIO, archive.extractfile(info)) if info.isreg() else None)
                for info in archive)
 
 

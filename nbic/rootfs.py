@@ -18,9 +18,10 @@ import os
 import shlex
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from nbic import engine, serial
 from nbic.agent.protocol import IMPORT_DIR, READY_MARK, Request, Task
@@ -109,9 +110,8 @@ def _directory_chunks(root: str) -> Iterator[bytes]:
     def produce() -> None:
         try:
             with os.fdopen(write_fd, "wb") as out:
-                members = [Member(entry, (lambda name=name: tree.open(name))
-                                  if entry.type is FileType.FILE else None)
-                           for name, entry in tree.entries.items()]
+                members = [Member(entry, _opener(tree, name) if entry.type is FileType.FILE
+                                  else None) for name, entry in tree.entries.items()]
                 write_tar(out, order(members))
         except BaseException as exc:  # reported by the reading side
             failure.append(exc)
@@ -124,6 +124,10 @@ def _directory_chunks(root: str) -> Iterator[bytes]:
     thread.join()
     if failure:
         raise failure[0]
+
+
+def _opener(tree: DirTree, name: str) -> Callable[[], BinaryIO]:
+    return lambda: tree.open(name)
 
 
 def _digest(chunks: Iterator[bytes]) -> str:
