@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import BinaryIO
 
-from nbic import elf, implied
+from nbic import elf, implied, modules
 from nbic.cpio.archive import Member
 from nbic.cpio.entry import Entry, FileType, ancestors, split_path
 from nbic.cpio.spec import SpecItem
@@ -174,6 +174,8 @@ def plan(tree: Tree, selection: Selection, *, used: Iterable[Wanted] = (),
         for name in matches:
             chooser.add(name, f"--include {glob}")
     _choose_binaries(tree, chooser, selection.binaries, missing)
+    if selection.modules:
+        _choose_modules(tree, chooser, selection)
     for path, reason in implied.lookups(tree, list(chooser.chosen)):
         chooser.add_path(path, reason)
 
@@ -227,6 +229,14 @@ def _choose_binaries(tree: Tree, chooser: _Chooser, programs: tuple[str, ...],
         chooser.add_path(needed.path, f"--include-bin: {needed.why}")
     for lost in closure.missing:
         log.warning("--include-bin: %s not in the rootfs (%s)", lost.name, lost.why)
+
+
+def _choose_modules(tree: Tree, chooser: _Chooser, selection: Selection) -> None:
+    found = modules.closure(tree, selection.modules, selection.kernel_release)
+    for needed in found.needed:
+        chooser.add_path(needed.path, f"kernel module: {needed.why}")
+    for warning in found.warnings:
+        log.warning("%s", warning)
 
 
 def _choose_init(tree: Tree, chooser: _Chooser, selection: Selection,
