@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nbic.errors import BootError, QemuError
+from nbic.kernel import resolve_kernel
 
 log = logging.getLogger("nbic")
 
@@ -412,9 +413,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", type=Path, help="initramfs image to boot (any compression)")
     parser.add_argument(
         "--kernel",
-        type=Path,
         required=True,
-        help="kernel for QEMU's -kernel: an ELF vmlinux (PVH) or a bzImage",
+        help="an ELF vmlinux (PVH) or a bzImage, or a package source such as "
+        "debian:bookworm:linux-image-amd64 (fetched with apt in a container once, "
+        "then cached by version)",
     )
     parser.add_argument(
         "--expect",
@@ -465,7 +467,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when the boot passed, 1 when it failed, 3 when it timed out."""
     config = BootConfig(
-        kernel=args.kernel,
+        kernel=resolve_kernel(args.kernel).boot_kernel,
         append=args.append,
         memory_mb=args.memory,
         timeout=args.timeout,

@@ -55,3 +55,7 @@ class QemuError(BootError):
     def __init__(self, message: str, *, guest_output: bool):
         self.guest_output = guest_output  # whether the guest had printed anything
         super().__init__(message)
+
+
+class KernelError(NbicError):
+    """A kernel could not be fetched, unpacked or understood."""

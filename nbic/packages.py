@@ -60,7 +60,7 @@ class Database:
     diversions: dict[str, Diversion]  # diverted path -> diversion
 
 
-def _paragraphs(lines: Iterable[str]) -> Iterator[dict[str, str]]:
+def paragraphs(lines: Iterable[str]) -> Iterator[dict[str, str]]:
     """deb822 paragraphs as {field: first-line value}; continuation lines are skipped."""
     fields: dict[str, str] = {}
     for line in lines:
@@ -79,7 +79,7 @@ def _paragraphs(lines: Iterable[str]) -> Iterator[dict[str, str]]:
 def parse_status(lines: Iterable[str]) -> list[Package]:
     """The packages of a dpkg status file that have files on disk."""
     packages = []
-    for fields in _paragraphs(lines):
+    for fields in paragraphs(lines):
         status = fields.get("status", "").split()
         if "package" not in fields or (status and status[-1] in _WITHOUT_FILES):
             continue
