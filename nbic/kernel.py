@@ -198,7 +198,7 @@ def fetch(source: KernelSource, root: Path) -> KernelFiles:
         sources = f"deb [signed-by={KEYRING}] {source.mirror} {source.suite} main"
         engine.run_in(helper, ["sh", "-c", (
             f"echo {shlex.quote(sources)} > /etc/apt/sources.list && "
-            f"rm -f /etc/apt/sources.list.d/* && mkdir -p {WORKDIR} && apt-get -q update")],
+            f"rm -f /etc/apt/sources.list.d/* && mkdir -p {WORKDIR} && apt-get -qq update")],
             f"apt-get update for {source.suite} from {source.mirror}")
         package = source.package
         for _ in range(MAX_HOPS):
@@ -214,10 +214,11 @@ def fetch(source: KernelSource, root: Path) -> KernelFiles:
 
 def _download(helper, package: str, source: KernelSource) -> str:
     """apt-get download in the container; the .deb's path there."""
-    output = engine.run_in(helper, ["sh", "-c", (
-        f"cd {WORKDIR} && rm -f ./*.deb && apt-get download -q -o APT::Sandbox::User=root "
-        f"{shlex.quote(package)} >&2 && ls")], f"downloading {package} from {source.suite}")
-    debs = [name for name in output.split() if name.endswith(".deb")]
+    engine.run_in(helper, ["sh", "-c", (
+        f"cd {WORKDIR} && rm -f ./*.deb && apt-get download -qq -o APT::Sandbox::User=root "
+        f"{shlex.quote(package)}")], f"downloading {package} from {source.suite}")
+    debs = [name for name in engine.run_in(helper, ["ls", WORKDIR], "listing the download")
+            .splitlines() if name.endswith(".deb")]
     if len(debs) != 1:
         raise KernelError(f"apt-get download {package} left {debs or 'no .deb'}")
     return f"{WORKDIR}/{debs[0]}"
@@ -341,7 +342,7 @@ def _unpack(stream: BinaryIO, work: Path) -> _Unpacked:
                             _copy(archive.extractfile(info), work / "vmlinuz")
                         elif _CONFIG.match(path) and info.isreg():
                             _copy(archive.extractfile(info), work / "config")
-                        elif _MODULES.match(path):
+                        elif _MODULES.match(path) and ".." not in path.split("/"):
                             if modules is None:
                                 modules = _modules_writer(modules_output, work)
                             info.name = path
