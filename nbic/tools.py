@@ -31,7 +31,6 @@ from nbic.cpio.entry import Entry, FileType, encode_name, landing_name, sort_key
 from nbic.cpio.image import ImageReader, open_image
 from nbic.cpio.spec import format_spec
 from nbic.errors import NbicError, UnsafePathError, UsageError
-from nbic.packages import package_report
 from nbic.usage import human_size, size_report
 
 log = logging.getLogger("nbic")
@@ -464,6 +463,9 @@ def run_du(args: argparse.Namespace) -> int:
     if args.depth < 0 or args.top < 0:
         raise UsageError("--depth and --top must not be negative")
     if args.by_package:
+        # Imported here: the rootfs readers cost the other tools' start-up time.
+        from nbic.packages import package_report
+
         report = package_report(args.image, args.by_package)
     else:
         report = size_report(args.image, depth=args.depth, top=args.top, top_directories=None)
