@@ -13,8 +13,10 @@ from nbic.errors import MissingFileError, RootfsError, UsageError
 from nbic.selection import FileList, InitMode, Selection, SpecList
 from nbic.tree import DirTree, TarTree
 
+DEFAULT_SELECTION = Selection()
 
-def select(tree, wanted, selection=Selection()):
+
+def select(tree, wanted, selection=DEFAULT_SELECTION):
     """The plan for `wanted` given as a file list."""
     lists = (FileList("test.list", tuple(wanted)),) if wanted else ()
     return plan(tree, Selection(**{**selection.__dict__, "file_lists": lists}))
