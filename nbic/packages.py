@@ -24,7 +24,7 @@ from pathlib import Path
 
 from nbic.cpio.entry import split_path
 from nbic.errors import RootfsError
-from nbic.tree import Tree, opened_tree
+from nbic.tree import Tree, open_tree
 from nbic.usage import Formatter, human_size, measure
 
 DPKG_DIR = "var/lib/dpkg"
@@ -214,7 +214,7 @@ def package_report(image: str | Path, rootfs: str | Path) -> PackageReport:
     `rootfs` (a directory or a tar)."""
     usage = measure(image)
     wanted = {name for counted in usage.files for name in usage.names_of(counted)}
-    with opened_tree(rootfs) as tree:
+    with open_tree(rootfs) as tree:
         database = read_database(tree)
         owner = owners(tree, database, wanted)
     parts: dict[Package | None, list[str]] = {}

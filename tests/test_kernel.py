@@ -36,7 +36,7 @@ from nbic.kernel import (
     resolve_kernel,
 )
 from nbic.rootfs import DEFAULT_MIRROR
-from nbic.tree import opened_tree
+from nbic.tree import open_tree
 from nbic.vmlinux import extract_vmlinux, main
 
 SOURCE = "debian:bookworm:linux-image-amd64"
@@ -203,7 +203,7 @@ def test_install_a_kernel_deb(tmp_path, compression):
     assert sorted(os.listdir(root)) == [entry.name]  # no temporary directory left
     info = json.loads((entry / "kernel.json").read_text())
     assert info["deb_sha256"] == _sha256(deb) and info["source"] == SOURCE
-    with opened_tree(files.modules) as tree:
+    with open_tree(files.modules) as tree:
         assert sorted(tree.entries) == [
             f"lib/modules/{RELEASE}", f"lib/modules/{RELEASE}/build",
             f"lib/modules/{RELEASE}/kernel", f"lib/modules/{RELEASE}/kernel/fs",
@@ -303,7 +303,7 @@ def test_fetch_a_debian_kernel(fetched, kernel_cache, monkeypatch):
     assert fetched.vmlinuz.parent == \
         kernel_cache / "nbic/kernels" / f"{fetched.package}_{fetched.version}"
     assert fetched.vmlinux is not None and fetched.vmlinux.read_bytes()[:4] == b"\x7fELF"
-    with opened_tree(fetched.modules) as tree:
+    with open_tree(fetched.modules) as tree:
         # No modules.dep: the package's postinst has depmod make it.
         assert f"lib/modules/{fetched.release}/modules.builtin" in tree
         assert any(name.endswith("/ext4.ko") for name in tree.entries)
