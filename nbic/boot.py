@@ -17,6 +17,11 @@ Verdict rules, first decisive event wins:
   non-zero exit or a panic right after the markers still fails). With no
   markers: /init ran and exited 0 (or powered the machine off).
 * TIMED_OUT: none of that within ``timeout`` seconds of wall time.
+
+QEMU runs with KVM where /dev/kvm is usable, else with TCG (emulation). A
+device that opens is not always a KVM that works (nested virtualisation may
+refuse the host CPU model): when QEMU then exits with an error before the
+guest printed anything, the boot is run again with TCG.
 """
 
 from __future__ import annotations
@@ -25,16 +30,21 @@ import argparse
 import codecs
 import contextlib
 import enum
+import logging
 import os
 import re
 import selectors
 import shutil
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nbic.errors import BootError
+from nbic.errors import BootError, QemuError
+from nbic.kernel import resolve_kernel
+
+log = logging.getLogger("nbic")
 
 HELP = "boot an image in QEMU and judge it by the serial console"
 
@@ -60,6 +70,28 @@ _CMDLINE_ECHO = re.compile(r"(Kernel command line|Command line):")
 _ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
 
 
+class Accelerator(enum.Enum):
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+KVM_DEVICE = "/dev/kvm"
+
+
+def choose_accelerator(device: str | Path = KVM_DEVICE) -> Accelerator:
+    """KVM when `device` is a character device this process can open read-write
+    (what QEMU needs), else TCG."""
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return Accelerator.TCG
+    try:
+        usable = stat.S_ISCHR(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+    return Accelerator.KVM if usable else Accelerator.TCG
+
+
 class BootOutcome(enum.Enum):
     PASSED = "passed"
     FAILED = "failed"
@@ -74,6 +106,7 @@ class BootConfig:
     timeout: float = 120.0  # seconds of wall time before giving up
     expect: tuple[str, ...] = ()  # markers that must all appear on the console
     qemu: str = "qemu-system-x86_64"
+    accelerator: Accelerator | None = None  # None: KVM where usable, else TCG
 
 
 @dataclass(frozen=True)
@@ -83,6 +116,7 @@ class BootResult:
     console: str  # full serial console text (CR and terminal escapes removed)
     seconds: float
     init_exit: int | None  # /init's exit status, if the kernel reported it
+    accelerator: Accelerator
 
     def tail(self, lines: int = 30) -> str:
         """The last ``lines`` lines of the console."""
@@ -91,16 +125,19 @@ class BootResult:
         return "\n".join(self.console.rstrip("\n").splitlines()[-lines:])
 
 
-def qemu_command(image: Path, config: BootConfig) -> list[str]:
-    """The QEMU command line for ``boot`` (TCG: no KVM is assumed)."""
+def qemu_command(image: Path, config: BootConfig, accelerator: Accelerator) -> list[str]:
+    """The QEMU command line for ``boot``."""
     append = "console=ttyS0 panic=-1"
     if config.append.strip():
         append += " " + config.append.strip()
-    # The default TCG CPU (qemu64) measured as fast as -cpu max here, and
-    # Debian's userland needs no more than baseline x86-64.
+    # KVM runs the host's CPU model. Under TCG the default CPU (qemu64) measured
+    # as fast as -cpu max, and Debian's userland needs no more than baseline x86-64.
+    cpu = ["-cpu", "host"] if accelerator is Accelerator.KVM else []
     return [
         config.qemu,
         "-machine", "pc",
+        "-accel", accelerator.value,
+        *cpu,
         "-m", str(config.memory_mb),
         "-nographic",
         "-no-reboot",
@@ -232,6 +269,23 @@ def boot(image: Path, config: BootConfig) -> BootResult:
     QEMU itself fails (non-zero exit before any verdict).
     """
     _check_inputs(image, config)
+    if config.accelerator is not None:
+        return _boot_with(image, config, config.accelerator)
+    accelerator = choose_accelerator()
+    log.debug("boot: %s (%s %s)", accelerator.value, KVM_DEVICE,
+              "usable" if accelerator is Accelerator.KVM else "not usable")
+    if accelerator is Accelerator.TCG:
+        return _boot_with(image, config, accelerator)
+    try:
+        return _boot_with(image, config, accelerator)
+    except QemuError as exc:
+        if exc.guest_output:
+            raise
+        log.warning("KVM is not usable here (%s); booting with TCG", exc)
+        return _boot_with(image, config, Accelerator.TCG)
+
+
+def _boot_with(image: Path, config: BootConfig, accelerator: Accelerator) -> BootResult:
     judge = _Judge(tuple(config.expect))
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     stderr: list[bytes] = []
@@ -242,7 +296,7 @@ def boot(image: Path, config: BootConfig) -> BootResult:
     try:
         # stdin from /dev/null: QEMU must never put our terminal in raw mode.
         proc = subprocess.Popen(
-            qemu_command(image, config),
+            qemu_command(image, config, accelerator),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -289,6 +343,7 @@ def boot(image: Path, config: BootConfig) -> BootResult:
         console=judge.console,
         seconds=seconds,
         init_exit=judge.init_exit,
+        accelerator=accelerator,
     )
 
 
@@ -309,8 +364,9 @@ def _exit_verdict(
     status = proc.wait()
     if status != 0:
         err = b"".join(stderr).decode(errors="replace").strip().splitlines()
-        raise BootError(
-            f"{Path(qemu).name} exited with status {status}" + (f": {err[-1]}" if err else "")
+        raise QemuError(
+            f"{Path(qemu).name} exited with status {status}" + (f": {err[-1]}" if err else ""),
+            guest_output=bool(judge.console.strip()),
         )
     if judge.markers_done():
         return BootOutcome.PASSED, judge.passed_reason()
@@ -342,7 +398,8 @@ def format_result(result: BootResult, tail_lines: int = 30) -> str:
     ``tail_lines=0`` gives the verdict line alone.
     """
     exit_text = "" if result.init_exit is None else f", /init exit {result.init_exit}"
-    head = f"boot {result.outcome.name} in {result.seconds:.1f}s{exit_text}: {result.reason}"
+    head = (f"boot {result.outcome.name} in {result.seconds:.1f}s "
+            f"({result.accelerator.value}){exit_text}: {result.reason}")
     if result.outcome is BootOutcome.PASSED or tail_lines <= 0:
         return head
     return f"{head}\n--- last {tail_lines} console lines ---\n{result.tail(tail_lines)}"
@@ -356,9 +413,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", type=Path, help="initramfs image to boot (any compression)")
     parser.add_argument(
         "--kernel",
-        type=Path,
         required=True,
-        help="kernel for QEMU's -kernel: an ELF vmlinux (PVH) or a bzImage",
+        help="an ELF vmlinux (PVH) or a bzImage, or a package source such as "
+        "debian:bookworm:linux-image-amd64 (fetched with apt in a container once, "
+        "then cached by version)",
     )
     parser.add_argument(
         "--expect",
@@ -394,6 +452,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="QEMU binary (default: %(default)s)",
     )
     parser.add_argument(
+        "--accel",
+        choices=["auto", *(a.value for a in Accelerator)],
+        default="auto",
+        help="kvm, tcg, or auto: KVM where /dev/kvm is usable, else TCG (default: auto)",
+    )
+    parser.add_argument(
         "--console",
         action="store_true",
         help="print the whole console, not just the tail of a failure",
@@ -403,12 +467,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when the boot passed, 1 when it failed, 3 when it timed out."""
     config = BootConfig(
-        kernel=args.kernel,
+        kernel=resolve_kernel(args.kernel).boot_kernel,
         append=args.append,
         memory_mb=args.memory,
         timeout=args.timeout,
         expect=tuple(args.expect),
         qemu=args.qemu,
+        accelerator=None if args.accel == "auto" else Accelerator(args.accel),
     )
     result = boot(args.image, config)
     if args.console:

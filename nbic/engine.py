@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 if TYPE_CHECKING:
     import docker
 
+from nbic.cache import user_cache
 from nbic.cpio.source import ChunkReader
 from nbic.errors import NbicError
 
@@ -167,7 +168,7 @@ def builder_tag() -> str:
         state.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
     state.update(DOCKERFILE.read_bytes())
     key = state.hexdigest()
-    store = _cache_dir() / "builder-tags.json"
+    store = user_cache() / "builder-tags.json"
     try:
         known = json.loads(store.read_text())
     except (OSError, ValueError):
@@ -180,10 +181,6 @@ def builder_tag() -> str:
             temporary.write_text(json.dumps(known))
             os.replace(temporary, store)
     return f"{BUILDER_REPOSITORY}:{known[key][:16]}"
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nbic"
 
 
 def builder_context() -> tuple[bytes, str]:

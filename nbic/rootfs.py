@@ -25,6 +25,7 @@ from typing import BinaryIO
 
 from nbic import engine, serial
 from nbic.agent.protocol import IMPORT_DIR, READY_MARK, Request, Task
+from nbic.cache import user_cache
 from nbic.cpio.archive import Member, order
 from nbic.cpio.compress import decompressor_for, detect
 from nbic.cpio.entry import FileType
@@ -138,8 +139,7 @@ def _digest(chunks: Iterator[bytes]) -> str:
 
 
 def _digest_store() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "nbic" / "digests.json"
+    return user_cache() / "digests.json"
 
 
 def _known_digests() -> dict[str, str]:

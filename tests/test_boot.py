@@ -17,8 +17,19 @@ from pathlib import Path
 
 import pytest
 
-from nbic.boot import BootConfig, BootOutcome, BootResult, _Judge, boot, format_result
-from nbic.errors import BootError
+from nbic import boot as boot_module
+from nbic.boot import (
+    Accelerator,
+    BootConfig,
+    BootOutcome,
+    BootResult,
+    _Judge,
+    boot,
+    choose_accelerator,
+    format_result,
+    qemu_command,
+)
+from nbic.errors import BootError, QemuError
 
 INIT_C = r"""
 #include <fcntl.h>
@@ -273,11 +284,73 @@ def test_unpacking_failure_keeps_the_kernels_reason():
 
 def test_format_result_shows_the_tail_only_on_failure():
     console = "".join(f"line {i}\n" for i in range(50))
-    failed = BootResult(BootOutcome.FAILED, "Kernel panic: x", console, 1.25, None)
+    failed = BootResult(BootOutcome.FAILED, "Kernel panic: x", console, 1.25, None,
+                        Accelerator.TCG)
     report = format_result(failed, tail_lines=3)
-    assert report.splitlines()[0] == "boot FAILED in 1.2s: Kernel panic: x"
+    assert report.splitlines()[0] == "boot FAILED in 1.2s (tcg): Kernel panic: x"
     assert report.splitlines()[-3:] == ["line 47", "line 48", "line 49"]
-    assert format_result(failed, tail_lines=0) == "boot FAILED in 1.2s: Kernel panic: x"
+    assert format_result(failed, tail_lines=0) == "boot FAILED in 1.2s (tcg): Kernel panic: x"
     assert failed.tail(0) == ""
-    passed = BootResult(BootOutcome.PASSED, "ok", console, 2.0, 0)
-    assert format_result(passed) == "boot PASSED in 2.0s, /init exit 0: ok"
+    passed = BootResult(BootOutcome.PASSED, "ok", console, 2.0, 0, Accelerator.KVM)
+    assert format_result(passed) == "boot PASSED in 2.0s (kvm), /init exit 0: ok"
+
+
+# --- the accelerator ----------------------------------------------------------
+
+
+def test_kvm_only_where_the_device_opens_read_write(tmp_path):
+    assert choose_accelerator(tmp_path / "no-such-device") is Accelerator.TCG
+    (tmp_path / "regular").write_bytes(b"")
+    assert choose_accelerator(tmp_path / "regular") is Accelerator.TCG  # not a device
+    assert choose_accelerator("/dev/null") is Accelerator.KVM  # a char device that opens
+    read_only = tmp_path / "read-only"
+    read_only.write_bytes(b"")
+    read_only.chmod(0o444)
+    if os.geteuid() != 0:  # root opens it anyway
+        assert choose_accelerator(read_only) is Accelerator.TCG
+
+
+def test_qemu_command_per_accelerator(tmp_path):
+    config = BootConfig(kernel=tmp_path / "vmlinux")
+    kvm = qemu_command(tmp_path / "img", config, Accelerator.KVM)
+    tcg = qemu_command(tmp_path / "img", config, Accelerator.TCG)
+    assert kvm[kvm.index("-accel"):][:4] == ["-accel", "kvm", "-cpu", "host"]
+    assert tcg[tcg.index("-accel"):][:2] == ["-accel", "tcg"]
+    assert "-cpu" not in tcg
+
+
+def _fake_qemu(tmp_path: Path, on_kvm: str) -> str:
+    """A QEMU that runs `on_kvm` (shell) when asked for KVM, else the real QEMU."""
+    real = _need("qemu-system-x86_64")
+    script = tmp_path / "qemu"
+    script.write_text(f"""#!/bin/sh
+case " $* " in *" -accel kvm "*) {on_kvm} ;; esac
+exec {real} "$@"
+""")
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.mark.boot
+def test_broken_kvm_falls_back_to_tcg(tmp_path, kernel, static_init, monkeypatch, caplog):
+    """As nested KVM that refuses the host CPU model: QEMU exits at once."""
+    monkeypatch.setattr(boot_module, "choose_accelerator", lambda: Accelerator.KVM)
+    qemu = _fake_qemu(tmp_path, "echo 'failed to set MSR' >&2; exit 134")
+    image = _image(tmp_path, static_init, marker=MARKER)
+    with caplog.at_level("WARNING", logger="nbic"):
+        result = _boot(image, kernel, expect=(MARKER,), qemu=qemu)
+    assert result.outcome is BootOutcome.PASSED, format_result(result)
+    assert result.accelerator is Accelerator.TCG
+    assert "KVM is not usable here" in caplog.text and "failed to set MSR" in caplog.text
+    # Asked for KVM explicitly, nbic does not second-guess the user.
+    with pytest.raises(QemuError, match="failed to set MSR"):
+        _boot(image, kernel, qemu=qemu, accelerator=Accelerator.KVM)
+
+
+def test_no_fallback_once_the_guest_printed(tmp_path, monkeypatch):
+    monkeypatch.setattr(boot_module, "choose_accelerator", lambda: Accelerator.KVM)
+    qemu = _fake_qemu(tmp_path, "echo 'Linux version 6.1'; exit 1")
+    (tmp_path / "vmlinux").write_bytes(b"")
+    (tmp_path / "img").write_bytes(b"")
+    with pytest.raises(QemuError, match="status 1"):
+        boot(tmp_path / "img", BootConfig(kernel=tmp_path / "vmlinux", qemu=qemu))
