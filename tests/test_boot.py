@@ -1,10 +1,7 @@
 """nbic.boot against a real kernel in QEMU, with tiny GNU-cpio-built images.
 
-The images hold one static C /init, compiled here, whose behaviour is set by
-data files next to it (so one compile serves every case): /marker holds text
-to print, /exit-code the status to exit with, or "hang" to never exit.
-/init mounts devtmpfs to reach /dev/console, so building the images needs no
-mknod (and no root).
+The images hold the static C /init of boot_helpers (the `static_init`
+fixture), whose behaviour is set by data files next to it.
 
 Each boot takes a few seconds under TCG, so there are only a handful.
 """
@@ -16,73 +13,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cpio_helpers import need
 
 from nbic.boot import BootConfig, BootOutcome, BootResult, _Judge, boot, format_result
 from nbic.errors import BootError
 
-INIT_C = r"""
-#include <fcntl.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mount.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-static int slurp(const char *path, char *buf, size_t size) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, buf, size - 1);
-    close(fd);
-    buf[n > 0 ? n : 0] = 0;
-    return (int)(n > 0 ? n : 0);
-}
-
-int main(void) {
-    char text[256], code[32];
-    int out = open("/dev/console", O_WRONLY);
-    if (out < 0) {  /* no device node in the image: let the kernel make one */
-        mkdir("/dev", 0755);
-        mount("devtmpfs", "/dev", "devtmpfs", 0, 0);
-        out = open("/dev/console", O_WRONLY);
-    }
-    int n = slurp("/marker", text, sizeof text);
-    if (n > 0) write(out, text, n);
-    if (slurp("/exit-code", code, sizeof code) < 0) strcpy(code, "0");
-    if (strncmp(code, "hang", 4) == 0)
-        for (;;) pause();
-    return atoi(code);
-}
-"""
-
 MARKER = "NBIC-TEST-MARKER"
-
-
-def _need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        message = f"{tool} not found (ci/setup installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-@pytest.fixture(scope="session")
-def static_init(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The test /init, linked statically: the image holds no libraries."""
-    gcc = _need("gcc")
-    work = tmp_path_factory.mktemp("init")
-    (work / "init.c").write_text(INIT_C)
-    subprocess.run(
-        [gcc, "-static", "-Os", "-o", str(work / "init"), str(work / "init.c")],
-        check=True,
-    )
-    return work / "init"
 
 
 def _cpio_newc(root: Path) -> bytes:
     """Archive a directory with GNU cpio, the independent reference writer."""
-    cpio = _need("cpio")
+    cpio = need("cpio")
     names = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
     return subprocess.run(
         [cpio, "-o", "-H", "newc", "--quiet"],
