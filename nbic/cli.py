@@ -19,9 +19,9 @@ log = logging.getLogger("nbic")
 
 
 def _stages() -> dict[str, ModuleType]:
-    from nbic import boot, pack, rootfs, session
+    from nbic import boot, netboot, pack, rootfs, session
 
-    return {"run": session, "pack": pack, "boot": boot, "rootfs": rootfs}
+    return {"run": session, "pack": pack, "boot": boot, "rootfs": rootfs, "netboot": netboot}
 
 
 def _tools() -> dict:
