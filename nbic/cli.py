@@ -19,9 +19,10 @@ log = logging.getLogger("nbic")
 
 
 def _stages() -> dict[str, ModuleType]:
-    from nbic import boot, netboot, pack, rootfs, session
+    from nbic import boot, netboot, pack, rootfs, serve, session
 
-    return {"run": session, "pack": pack, "boot": boot, "rootfs": rootfs, "netboot": netboot}
+    return {"run": session, "pack": pack, "boot": boot, "rootfs": rootfs, "netboot": netboot,
+            "serve": serve}
 
 
 def _tools() -> dict:

@@ -11,6 +11,10 @@ from pathlib import Path
 
 from cpio_helpers import need
 
+from nbic.cli import main
+
+CMDLINE = "console=ttyS0 panic=-1"  # the netboot images' kernel command line
+
 INIT_C = r"""
 #include <fcntl.h>
 #include <stdlib.h>
@@ -52,3 +56,37 @@ def compile_static_init(work: Path) -> Path:
     subprocess.run([need("gcc"), "-static", "-Os", "-o", str(work / "init"),
                     str(work / "init.c")], check=True)
     return work / "init"
+
+
+def pack_image(tmp_path: Path, name: str, files: dict[str, Path | str], suffix: str) -> Path:
+    """`nbic pack` of a spec list: each file given as a host path or as text."""
+    lines = []
+    for target, source in files.items():
+        if isinstance(source, str):
+            host = tmp_path / f"{name}-{target.strip('/').replace('/', '-')}"
+            host.write_text(source)
+            source = host
+        mode = "0755" if target == "/init" else "0644"
+        lines.append(f"file {target} {source} {mode} 0 0")
+    spec = tmp_path / f"{name}.spec"
+    spec.write_text("\n".join(lines) + "\n")
+    out = tmp_path / f"{name}.cpio{suffix}"
+    assert main(["-q", "pack", "--spec", str(spec), "-o", str(out)]) == 0
+    return out
+
+
+def two_images(tmp_path: Path, init: Path, marker: str) -> tuple[Path, Path]:
+    """/init in a zstd image, then its /marker in an uncompressed one: the
+    second only unpacks if the first is padded to a 4-byte boundary."""
+    first = pack_image(tmp_path, "main", {"/init": init, "/exit-code": "0"}, ".zst")
+    second = pack_image(tmp_path, "marker", {"/marker": marker + "\n"}, "")
+    return first, second
+
+
+def netboot_dir(tmp_path: Path, bzimage: Path, init: Path, marker: str) -> Path:
+    """`nbic netboot` of the two images above, with a serial console."""
+    directory = tmp_path / "boot"
+    assert main(["-q", "netboot", str(directory), "--kernel", str(bzimage),
+                 "--image", *map(str, two_images(tmp_path, init, marker)),
+                 "--cmdline", CMDLINE]) == 0
+    return directory

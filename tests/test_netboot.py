@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+from boot_helpers import CMDLINE, netboot_dir, two_images
 
 from nbic.boot import BootConfig, BootOutcome, NetBoot, boot, format_result
 from nbic.cli import main
@@ -30,7 +31,6 @@ from nbic.netboot import (
 from nbic.output import atomic_output_at
 
 MARKER = "NBIC-NETBOOT-MARKER"
-CMDLINE = "console=ttyS0 panic=-1"
 EPOCH = 1_700_000_000
 
 
@@ -40,31 +40,6 @@ def fake_bzimage(path: Path) -> Path:
     data[0x202:0x206] = b"HdrS"
     path.write_bytes(bytes(data))
     return path
-
-
-def pack_image(tmp_path: Path, name: str, files: dict[str, Path | str], suffix: str) -> Path:
-    """`nbic pack` of a spec list: each file given as a host path or as text."""
-    lines = []
-    for target, source in files.items():
-        if isinstance(source, str):
-            host = tmp_path / f"{name}-{target.strip('/').replace('/', '-')}"
-            host.write_text(source)
-            source = host
-        mode = "0755" if target == "/init" else "0644"
-        lines.append(f"file {target} {source} {mode} 0 0")
-    spec = tmp_path / f"{name}.spec"
-    spec.write_text("\n".join(lines) + "\n")
-    out = tmp_path / f"{name}.cpio{suffix}"
-    assert main(["-q", "pack", "--spec", str(spec), "-o", str(out)]) == 0
-    return out
-
-
-def two_images(tmp_path: Path, init: Path, marker: str = MARKER) -> tuple[Path, Path]:
-    """/init in a zstd image, then its /marker in an uncompressed one: the
-    second only unpacks if the first is padded to a 4-byte boundary."""
-    first = pack_image(tmp_path, "main", {"/init": init, "/exit-code": "0"}, ".zst")
-    second = pack_image(tmp_path, "marker", {"/marker": marker + "\n"}, "")
-    return first, second
 
 
 def listing(directory: Path) -> dict[str, tuple[bytes | None, int, int]]:
@@ -116,7 +91,7 @@ def test_scripts_name_files_relative_to_themselves():
 
 
 def test_images_are_concatenated_in_order_each_padded_to_four_bytes(tmp_path, static_init):
-    first, second = two_images(tmp_path, static_init)
+    first, second = two_images(tmp_path, static_init, MARKER)
     assert first.stat().st_size % 4, "the test needs a first image of unaligned length"
     write_netboot(NetbootConfig(tmp_path / "boot", fake_bzimage(tmp_path / "k"),
                                 (first, second)))
@@ -211,13 +186,6 @@ def test_an_interrupted_write_leaves_no_file(tmp_path):
 # --- QEMU's PXE ROM over QEMU's TFTP ---------------------------------------------
 
 
-def _netboot(tmp_path: Path, bzimage: Path, init: Path) -> Path:
-    directory = tmp_path / "boot"
-    assert main(["-q", "netboot", str(directory), "--kernel", str(bzimage),
-                 "--image", *map(str, two_images(tmp_path, init)), "--cmdline", CMDLINE]) == 0
-    return directory
-
-
 def _netboot_qemu(net: NetBoot, timeout: float = 240.0):
     result = boot(None, BootConfig(netboot=net, expect=(MARKER,), timeout=timeout))
     print(f"\n{format_result(result, tail_lines=15)}")  # shown with -s
@@ -226,7 +194,7 @@ def _netboot_qemu(net: NetBoot, timeout: float = 240.0):
 
 @pytest.mark.boot
 def test_qemu_pxe_rom_boots_the_directory_over_qemu_tftp(tmp_path, bzimage, static_init):
-    directory = _netboot(tmp_path, bzimage, static_init)
+    directory = netboot_dir(tmp_path, bzimage, static_init, MARKER)
     result = _netboot_qemu(NetBoot.user(IPXE_SCRIPT, tftp=directory))
     assert result.outcome is BootOutcome.PASSED, format_result(result)
     assert result.init_exit == 0
@@ -237,7 +205,7 @@ def test_qemu_pxe_rom_boots_the_directory_over_qemu_tftp(tmp_path, bzimage, stat
 
 @pytest.mark.boot
 def test_qemu_pxe_rom_without_a_boot_script_fails_promptly(tmp_path, bzimage, static_init):
-    directory = _netboot(tmp_path, bzimage, static_init)
+    directory = netboot_dir(tmp_path, bzimage, static_init, MARKER)
     (directory / IPXE_SCRIPT).unlink()
     result = _netboot_qemu(NetBoot.user(IPXE_SCRIPT, tftp=directory), timeout=240.0)
     assert result.outcome is BootOutcome.FAILED, format_result(result)
