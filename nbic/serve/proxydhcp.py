@@ -154,12 +154,18 @@ def _option(code: int, value: bytes) -> bytes:
     return bytes([code, len(value)]) + value
 
 
-def build_reply(request: Packet, message: MessageType, server: bytes, bootfile: str,
-                client: Client) -> bytes:
-    """Our answer: boot instructions and no address (yiaddr stays 0.0.0.0)."""
+def boot_file_field(bootfile: str) -> bytes:
+    """The BOOTP `file` field's bytes: at most 127 and a NUL."""
     file = bootfile.encode()
     if len(file) >= 128:
         raise UsageError(f"boot file name {bootfile!r} does not fit a DHCP packet (127 bytes)")
+    return file
+
+
+def build_reply(request: Packet, message: MessageType, server: bytes, bootfile: str,
+                client: Client) -> bytes:
+    """Our answer: boot instructions and no address (yiaddr stays 0.0.0.0)."""
+    file = boot_file_field(bootfile)
     header = _HEADER.pack(BOOTREPLY, request.htype, request.hlen, 0, request.xid, 0,
                           request.flags, request.ciaddr, bytes(4), server, request.giaddr,
                           request.chaddr, b"", file)
@@ -194,6 +200,7 @@ class ProxyDhcpServer:
         self.interface = interface
         self.address = address
         self.ipxe_bootfile = ipxe_bootfile
+        boot_file_field(ipxe_bootfile)  # refused now rather than at the first client
         self._server_id = ipaddress.IPv4Address(address).packed
         self._warned: set[str] = set()
         self._lock = threading.Lock()

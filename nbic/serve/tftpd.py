@@ -16,6 +16,7 @@ HTTP (nbic.serve.files), and nbic gains no dependency.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -69,6 +70,9 @@ _ERROR_FOR = {
 class Mode(enum.Enum):
     OCTET = "octet"
     NETASCII = "netascii"
+
+
+_MODES = {mode.value for mode in Mode}
 
 
 class MalformedError(Exception):
@@ -179,6 +183,14 @@ class _Abandoned(Exception):
     """The transfer ends early; the message says why (for the log)."""
 
 
+class _Refused(Exception):
+    """A request answered with an error packet."""
+
+    def __init__(self, code: ErrorCode, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
 class _Transfer:
     def __init__(self, sock: socket.socket, request: Request, served: ServedFile, mode: Mode):
         self.sock = sock
@@ -266,43 +278,39 @@ class TftpServer:
                          name=f"tftp {client[0]}:{client[1]}", daemon=True).start()
 
     def _transfer(self, request: Request, client: tuple[str, int]) -> None:
-        start = time.monotonic()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        transfer = None
-        try:
-            sock.bind((self.address[0], 0))
-            sock.connect(client)
-            status = self._answer(sock, request)
-            if isinstance(status, _Transfer):
-                transfer, status = status, "ok"
+        start, sent = time.monotonic(), 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind((self.address[0], 0))
+                sock.connect(client)
+                served = self._open(request)
+                transfer = _Transfer(sock, request, served, Mode(request.mode))
                 try:
                     transfer.run()
-                except _Abandoned as exc:
-                    status = f"abandoned: {exc}"
+                    status = "ok"
                 finally:
-                    os.close(transfer.served.fd)
-        except OSError as exc:
-            status = f"failed: {exc.strerror or exc}"
-        finally:
-            sock.close()
-            with self._lock:
-                self._active.discard(client)
+                    sent = transfer.sent
+                    os.close(served.fd)
+            except _Refused as refused:
+                status = f"error {refused.code.value} ({refused.message})"
+                with contextlib.suppress(OSError):
+                    sock.send(error_packet(refused.code, refused.message))
+            except _Abandoned as exc:
+                status = f"abandoned: {exc}"
+            except OSError as exc:
+                status = f"failed: {exc.strerror or exc}"
+            finally:
+                with self._lock:
+                    self._active.discard(client)
         log.info("tftp %s:%d \"%s\" %s %d bytes %.3fs", client[0], client[1],
-                 request.describe(), status, transfer.sent if transfer else 0,
-                 time.monotonic() - start)
+                 request.describe(), status, sent, time.monotonic() - start)
 
-    def _answer(self, sock: socket.socket, request: Request) -> _Transfer | str:
-        """A transfer to run, or the error already sent to the client."""
+    def _open(self, request: Request) -> ServedFile:
         if request.opcode is Opcode.WRQ:
-            code, message = ErrorCode.ACCESS_VIOLATION, "this server only reads"
-        elif request.mode not in {m.value for m in Mode}:
-            code, message = ErrorCode.ILLEGAL_OPERATION, f"mode {request.mode} is not served"
-        else:
-            try:
-                served = self.served.open(request.filename)
-            except RefusedError as exc:
-                code, message = _ERROR_FOR[exc.refusal], exc.refusal.value
-            else:
-                return _Transfer(sock, request, served, Mode(request.mode))
-        sock.send(error_packet(code, message))
-        return f"error {code.value} ({message})"
+            raise _Refused(ErrorCode.ACCESS_VIOLATION, "this server only reads")
+        if request.mode not in _MODES:
+            raise _Refused(ErrorCode.ILLEGAL_OPERATION, f"mode {request.mode} is not served")
+        try:
+            return self.served.open(request.filename)
+        except RefusedError as exc:
+            raise _Refused(_ERROR_FOR[exc.refusal], exc.refusal.value) from None

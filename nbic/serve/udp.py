@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Callable
+
+log = logging.getLogger("nbic")
 
 _POLL_SECONDS = 0.5  # how often the loop looks whether to stop
 MAX_DATAGRAM = 65536
@@ -42,7 +45,11 @@ class UdpLoop:
             except OSError:
                 # ICMP errors from an earlier send surface here; the socket goes on.
                 continue
-            self._handle(packet, peer)
+            try:
+                self._handle(packet, peer)
+            except OSError as exc:  # an answer that could not be sent: the next may be
+                log.warning("%s: cannot answer %s:%d: %s", self._thread.name, *peer[:2],
+                            exc.strerror or exc)
 
 
 def udp_socket(address: tuple[str, int], *, device: str | None = None,
