@@ -2,7 +2,8 @@
 set by data files next to it (so one compile serves every case): /marker
 holds text to print, /exit-code the status to exit with, or "hang" to never
 exit. /init mounts devtmpfs to reach /dev/console, so building the images
-needs no mknod (and no root)."""
+needs no mknod (and no root). Also: images around it made by `nbic pack`,
+and a `nbic netboot` directory of them for the network boot tests."""
 
 from __future__ import annotations
 

@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 from cpio_helpers import need
 
-from nbic.boot import BootConfig, BootOutcome, BootResult, _Judge, boot, format_result
+from nbic.boot import (
+    BootConfig,
+    BootOutcome,
+    BootResult,
+    NetBoot,
+    _Judge,
+    boot,
+    format_result,
+    qemu_command,
+)
 from nbic.errors import BootError
 
 MARKER = "NBIC-TEST-MARKER"
@@ -222,3 +231,33 @@ def test_format_result_shows_the_tail_only_on_failure():
     assert failed.tail(0) == ""
     passed = BootResult(BootOutcome.PASSED, "ok", console, 2.0, 0)
     assert format_result(passed) == "boot PASSED in 2.0s, /init exit 0: ok"
+
+
+def test_a_firmware_with_nothing_to_boot_fails_with_ipxes_last_error():
+    judge = _judge(
+        "Configuring (net0 52:54:00:12:34:56)...... ok\n"
+        "tftp://10.0.2.2/boot.ipxe... No such file or directory (http://ipxe.org/2d12603b\n"
+        ")\nNo more network devices\nBooting from Floppy...\n"
+        "No bootable device.  Retrying in 0 seconds.\n")
+    assert judge.verdict() == (
+        BootOutcome.FAILED,
+        "the firmware found no bootable device "
+        "(iPXE: tftp://10.0.2.2/boot.ipxe... No such file or directory)")
+    assert _judge("No bootable device.\n").verdict() == (
+        BootOutcome.FAILED, "the firmware found no bootable device")
+
+
+def test_a_network_boot_runs_the_nic_rom_instead_of_a_kernel(tmp_path):
+    net = NetBoot.user("boot.ipxe", tftp=tmp_path / "a,b")
+    command = qemu_command(None, BootConfig(netboot=net))
+    assert "-kernel" not in command and "-initrd" not in command
+    assert command[command.index("-netdev") + 1] == \
+        f"user,bootfile=boot.ipxe,tftp={tmp_path}/a,,b,id=net0"
+    assert command[command.index("-device") + 1] == "e1000,netdev=net0"
+    assert command[command.index("-boot") + 1] == "order=n,reboot-timeout=0"
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("the qemu check comes first and QEMU is not installed")
+    with pytest.raises(BootError, match="no kernel and no image"):
+        boot(None, BootConfig(kernel=tmp_path / "vmlinux", netboot=net))
+    with pytest.raises(BootError, match="a kernel and an image, or a network boot"):
+        boot(None, BootConfig(kernel=tmp_path / "vmlinux"))
