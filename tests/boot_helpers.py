@@ -78,8 +78,13 @@ def pack_image(tmp_path: Path, name: str, files: dict[str, Path | str], suffix: 
 
 def two_images(tmp_path: Path, init: Path, marker: str) -> tuple[Path, Path]:
     """/init in a zstd image, then its /marker in an uncompressed one: the
-    second only unpacks if the first is padded to a 4-byte boundary."""
-    first = pack_image(tmp_path, "main", {"/init": init, "/exit-code": "0"}, ".zst")
+    second only unpacks if the first is padded to a 4-byte boundary. A /pad
+    file of the right length makes the first image's length unaligned."""
+    for pad in range(64):
+        first = pack_image(tmp_path, "main", {"/init": init, "/exit-code": "0",
+                                              "/pad": "x" * pad}, ".zst")
+        if first.stat().st_size % 4:
+            break
     second = pack_image(tmp_path, "marker", {"/marker": marker + "\n"}, "")
     return first, second
 
