@@ -29,6 +29,8 @@ from boot_helpers import netboot_dir
 from cpio_helpers import need, pattern
 
 from nbic.boot import BootConfig, BootOutcome, NetBoot, boot, format_result
+from nbic.errors import UsageError
+from nbic.serve import parse_address
 from nbic.serve.files import Refusal, RefusedError, ServedDir
 from nbic.serve.httpd import ByteRange, HttpServer, RangeNotSatisfiable, parse_range
 from nbic.serve.proxydhcp import (
@@ -319,6 +321,15 @@ def test_the_command_refuses_a_busy_port_and_a_bad_address(tree):
     result = subprocess.run([NBIC, "serve", str(tree), "--http", "localhost:99999"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and "is not ADDR:PORT" in result.stderr
+
+
+def test_listen_addresses():
+    assert parse_address("8080") == ("127.0.0.1", 8080)
+    assert parse_address(":0") == ("127.0.0.1", 0)
+    assert parse_address("0.0.0.0:69") == ("0.0.0.0", 69)
+    for bad in ("localhost:80", "1.2.3.4:65536", "1.2.3.4:", "[::1]:80"):
+        with pytest.raises(UsageError):
+            parse_address(bad)
 
 
 def wait_for_line(path: Path, pattern: str, process: subprocess.Popen | None = None,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import BinaryIO
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from nbic import __version__
@@ -98,7 +99,10 @@ class _Handler(BaseHTTPRequestHandler):
         return super().parse_request()
 
     def handle_one_request(self) -> None:
-        super().handle_one_request()
+        try:
+            super().handle_one_request()
+        except ConnectionError:  # reset or gone mid-request: normal for a client
+            self.close_connection = True
         if self._status is not None:
             request = getattr(self, "requestline", "") or "-"
             log.info("http %s:%d \"%s\" %d %d bytes %.3fs", *self.client_address[:2],
@@ -131,7 +135,8 @@ class _Handler(BaseHTTPRequestHandler):
         with open(served.fd, "rb", buffering=0) as file:
             self._send_file(file, served, path, body=body)
 
-    def _send_file(self, file, served: ServedFile, path: str, *, body: bool) -> None:
+    def _send_file(self, file: BinaryIO, served: ServedFile, path: str, *, body: bool
+                   ) -> None:
         try:
             wanted = None if "If-Range" in self.headers else self.headers.get("Range")
             byte_range = parse_range(wanted, served.size)

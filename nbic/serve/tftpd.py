@@ -244,8 +244,6 @@ class TftpServer:
     def __init__(self, served: ServedDir, address: tuple[str, int]):
         self.served = served
         self._loop = UdpLoop(udp_socket(address), self._request, "tftp")
-        self._active: set[tuple[str, int]] = set()  # clients with a transfer running
-        self._lock = threading.Lock()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -270,10 +268,8 @@ class TftpServer:
         except MalformedError as exc:
             reply(error_packet(ErrorCode.ILLEGAL_OPERATION, str(exc)), client)
             return
-        with self._lock:
-            if client in self._active:  # a retransmitted request: already answered
-                return
-            self._active.add(client)
+        # A retransmitted request starts a second transfer, which the client
+        # ends with "unknown transfer ID" once it has the first (RFC 1350).
         threading.Thread(target=self._transfer, args=(request, client),
                          name=f"tftp {client[0]}:{client[1]}", daemon=True).start()
 
@@ -299,9 +295,6 @@ class TftpServer:
                 status = f"abandoned: {exc}"
             except OSError as exc:
                 status = f"failed: {exc.strerror or exc}"
-            finally:
-                with self._lock:
-                    self._active.discard(client)
         log.info("tftp %s:%d \"%s\" %s %d bytes %.3fs", client[0], client[1],
                  request.describe(), status, sent, time.monotonic() - start)
 
