@@ -1,10 +1,7 @@
 """nbic.boot against a real kernel in QEMU, with tiny GNU-cpio-built images.
 
-The images hold one static C /init, compiled here, whose behaviour is set by
-data files next to it (so one compile serves every case): /marker holds text
-to print, /exit-code the status to exit with, or "hang" to never exit.
-/init mounts devtmpfs to reach /dev/console, so building the images needs no
-mknod (and no root).
+The images hold the static C /init of boot_helpers (the `static_init`
+fixture), whose behaviour is set by data files next to it.
 
 Each boot takes a few seconds under TCG, so there are only a handful.
 """
@@ -16,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cpio_helpers import need
 
 from nbic import boot as boot_module
 from nbic.boot import (
@@ -23,6 +21,7 @@ from nbic.boot import (
     BootConfig,
     BootOutcome,
     BootResult,
+    NetBoot,
     _Judge,
     boot,
     choose_accelerator,
@@ -31,69 +30,12 @@ from nbic.boot import (
 )
 from nbic.errors import BootError, QemuError
 
-INIT_C = r"""
-#include <fcntl.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mount.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-static int slurp(const char *path, char *buf, size_t size) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, buf, size - 1);
-    close(fd);
-    buf[n > 0 ? n : 0] = 0;
-    return (int)(n > 0 ? n : 0);
-}
-
-int main(void) {
-    char text[256], code[32];
-    int out = open("/dev/console", O_WRONLY);
-    if (out < 0) {  /* no device node in the image: let the kernel make one */
-        mkdir("/dev", 0755);
-        mount("devtmpfs", "/dev", "devtmpfs", 0, 0);
-        out = open("/dev/console", O_WRONLY);
-    }
-    int n = slurp("/marker", text, sizeof text);
-    if (n > 0) write(out, text, n);
-    if (slurp("/exit-code", code, sizeof code) < 0) strcpy(code, "0");
-    if (strncmp(code, "hang", 4) == 0)
-        for (;;) pause();
-    return atoi(code);
-}
-"""
-
 MARKER = "NBIC-TEST-MARKER"
-
-
-def _need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        message = f"{tool} not found (ci/setup installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-@pytest.fixture(scope="session")
-def static_init(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The test /init, linked statically: the image holds no libraries."""
-    gcc = _need("gcc")
-    work = tmp_path_factory.mktemp("init")
-    (work / "init.c").write_text(INIT_C)
-    subprocess.run(
-        [gcc, "-static", "-Os", "-o", str(work / "init"), str(work / "init.c")],
-        check=True,
-    )
-    return work / "init"
 
 
 def _cpio_newc(root: Path) -> bytes:
     """Archive a directory with GNU cpio, the independent reference writer."""
-    cpio = _need("cpio")
+    cpio = need("cpio")
     names = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
     return subprocess.run(
         [cpio, "-o", "-H", "newc", "--quiet"],
@@ -321,7 +263,7 @@ def test_qemu_command_per_accelerator(tmp_path):
 
 def _fake_qemu(tmp_path: Path, on_kvm: str) -> str:
     """A QEMU that runs `on_kvm` (shell) when asked for KVM, else the real QEMU."""
-    real = _need("qemu-system-x86_64")
+    real = need("qemu-system-x86_64")
     script = tmp_path / "qemu"
     script.write_text(f"""#!/bin/sh
 case " $* " in *" -accel kvm "*) {on_kvm} ;; esac
@@ -354,3 +296,33 @@ def test_no_fallback_once_the_guest_printed(tmp_path, monkeypatch):
     (tmp_path / "img").write_bytes(b"")
     with pytest.raises(QemuError, match="status 1"):
         boot(tmp_path / "img", BootConfig(kernel=tmp_path / "vmlinux", qemu=qemu))
+
+
+def test_a_firmware_with_nothing_to_boot_fails_with_ipxes_last_error():
+    judge = _judge(
+        "Configuring (net0 52:54:00:12:34:56)...... ok\n"
+        "tftp://10.0.2.2/boot.ipxe... No such file or directory (http://ipxe.org/2d12603b\n"
+        ")\nNo more network devices\nBooting from Floppy...\n"
+        "No bootable device.  Retrying in 0 seconds.\n")
+    assert judge.verdict() == (
+        BootOutcome.FAILED,
+        "the firmware found no bootable device "
+        "(iPXE: tftp://10.0.2.2/boot.ipxe... No such file or directory)")
+    assert _judge("No bootable device.\n").verdict() == (
+        BootOutcome.FAILED, "the firmware found no bootable device")
+
+
+def test_a_network_boot_runs_the_nic_rom_instead_of_a_kernel(tmp_path):
+    net = NetBoot.user("boot.ipxe", tftp=tmp_path / "a,b")
+    command = qemu_command(None, BootConfig(netboot=net), Accelerator.TCG)
+    assert "-kernel" not in command and "-initrd" not in command
+    assert command[command.index("-netdev") + 1] == \
+        f"user,bootfile=boot.ipxe,tftp={tmp_path}/a,,b,id=net0"
+    assert command[command.index("-device") + 1] == "e1000,netdev=net0"
+    assert command[command.index("-boot") + 1] == "order=n,reboot-timeout=0"
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("the qemu check comes first and QEMU is not installed")
+    with pytest.raises(BootError, match="no kernel and no image"):
+        boot(None, BootConfig(kernel=tmp_path / "vmlinux", netboot=net))
+    with pytest.raises(BootError, match="a kernel and an image, or a network boot"):
+        boot(None, BootConfig(kernel=tmp_path / "vmlinux"))
