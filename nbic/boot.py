@@ -38,19 +38,24 @@ import argparse
 import codecs
 import contextlib
 import enum
+import http.client
 import logging
 import os
 import re
 import selectors
 import shutil
+import socket
 import stat
 import subprocess
+import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from nbic.errors import BootError, QemuError
+from nbic.errors import BootError, QemuError, UsageError
 from nbic.kernel import resolve_kernel
+from nbic.netboot import IPXE_SCRIPT
 
 log = logging.getLogger("nbic")
 
@@ -113,6 +118,37 @@ class BootOutcome(enum.Enum):
 
 
 @dataclass(frozen=True)
+class Forward:
+    """A host TCP port that QEMU's user networking forwards to a guest port."""
+
+    host_port: int
+    guest_port: int
+    host: str = "127.0.0.1"  # loopback: nothing else on the network reaches the guest
+
+    @classmethod
+    def parse(cls, text: str) -> Forward:
+        """HOSTPORT:GUESTPORT, as `nbic boot --hostfwd` takes it."""
+        host_port, _, guest_port = text.partition(":")
+        try:
+            forward = cls(int(host_port), int(guest_port))
+        except ValueError:
+            raise UsageError(f"--hostfwd {text!r}: give HOSTPORT:GUESTPORT, "
+                             "e.g. 8080:80") from None
+        if not (0 < forward.host_port < 65536 and 0 < forward.guest_port < 65536):
+            raise UsageError(f"--hostfwd {text!r}: ports are 1..65535")
+        return forward
+
+    def option(self) -> str:
+        return f"hostfwd=tcp:{self.host}:{self.host_port}-:{self.guest_port}"
+
+
+def _user_netdev(*options: str, forwards: tuple[Forward, ...] = ()) -> str:
+    """QEMU's user networking (its DHCP gives the guest 10.0.2.15; the host is
+    10.0.2.2) with `options` and the port forwards."""
+    return ",".join(["user", *options, *(forward.option() for forward in forwards)])
+
+
+@dataclass(frozen=True)
 class NetBoot:
     """Boot from the NIC's option ROM instead of QEMU's -kernel.
 
@@ -124,13 +160,34 @@ class NetBoot:
     nic: str = "e1000"
 
     @classmethod
-    def user(cls, bootfile: str, tftp: Path | None = None) -> NetBoot:
+    def user(cls, bootfile: str, tftp: Path | None = None,
+             forwards: tuple[Forward, ...] = ()) -> NetBoot:
         """QEMU's user networking: its DHCP names `bootfile` (a file under the
         built-in TFTP server's root `tftp`, or a URL); the host is 10.0.2.2."""
-        options = ["user", f"bootfile={_qemu_value(bootfile)}"]
+        options = [f"bootfile={_qemu_value(bootfile)}"]
         if tftp is not None:
             options.append(f"tftp={_qemu_value(str(tftp))}")
-        return cls(",".join(options))
+        return cls(_user_netdev(*options, forwards=forwards))
+
+
+@dataclass(frozen=True)
+class Nic:
+    """A network card beside -kernel, on QEMU's user networking: the guest's DHCP
+    client gets 10.0.2.15, and each forward reaches a guest port from the host.
+    (A network boot has its own card: NetBoot.)"""
+
+    model: str = "e1000"
+    forwards: tuple[Forward, ...] = ()
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """An HTTP GET from the host while the guest runs, once every console marker
+    has appeared (at once when there are none); the boot passes only when it
+    answers 200 with `expect` in the page. QEMU runs until it has answered."""
+
+    url: str  # e.g. http://127.0.0.1:PORT/ through a Forward to the guest's server
+    expect: str = ""
 
 
 def _qemu_value(text: str) -> str:
@@ -142,6 +199,8 @@ def _qemu_value(text: str) -> str:
 class BootConfig:
     kernel: Path | None = None  # QEMU's -kernel; None for a network boot
     netboot: NetBoot | None = None  # boot from the network instead of kernel + image
+    nic: Nic | None = None  # a network card for a kernel boot
+    fetch: Fetch | None = None  # a page to read from the running guest
     append: str = ""  # extra kernel command line (not for a network boot)
     memory_mb: int = 512
     timeout: float = 120.0  # seconds of wall time before giving up
@@ -159,6 +218,8 @@ class BootResult:
     init_exit: int | None  # /init's exit status, if the kernel reported it
     accelerator: Accelerator
     markers_seconds: float | None = None  # from QEMU's start until every marker was seen
+    page: str | None = None  # what the Fetch read (its text)
+    fetch_seconds: float | None = None  # from QEMU's start until the Fetch was answered
 
     def tail(self, lines: int = 30) -> str:
         """The last ``lines`` lines of the console."""
@@ -194,7 +255,12 @@ def qemu_command(image: Path | None, config: BootConfig, accelerator: Accelerato
     append = "console=ttyS0 panic=-1"
     if config.append.strip():
         append += " " + config.append.strip()
-    return [*machine, "-kernel", str(config.kernel), "-initrd", str(image), "-append", append]
+    network = [] if config.nic is None else [
+        "-netdev", f"{_user_netdev(forwards=config.nic.forwards)},id=net0",
+        "-device", f"{config.nic.model},netdev=net0",
+    ]  # fmt: skip
+    return [*machine, *network, "-kernel", str(config.kernel), "-initrd", str(image),
+            "-append", append]
 
 
 def _decode_exit(code: str) -> tuple[int, str]:
@@ -312,9 +378,13 @@ def _check_inputs(image: Path | None, config: BootConfig) -> None:
             f"QEMU not found: {config.qemu!r} is not an executable on PATH"
             " (Debian: apt-get install qemu-system-x86)"
         )
+    if config.fetch is not None:
+        _check_url(config.fetch.url)
     if config.netboot is not None:
         if config.kernel is not None or image is not None:
             raise BootError("a network boot takes no kernel and no image")
+        if config.nic is not None:
+            raise BootError("a network boot has its own card: give its forwards to NetBoot")
         return
     if config.kernel is None or image is None:
         raise BootError("a boot needs a kernel and an image, or a network boot")
@@ -322,6 +392,16 @@ def _check_inputs(image: Path | None, config: BootConfig) -> None:
         raise BootError(f"kernel not found: {config.kernel} is not a file")
     if not Path(image).is_file():
         raise BootError(f"image not found: {image} is not a file")
+
+
+def _check_url(url: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port_ok = parts.port != 0
+    except ValueError:  # not a number, or out of range
+        port_ok = False
+    if parts.scheme != "http" or not parts.hostname or not port_ok:
+        raise BootError(f"fetch {url!r}: give an http://HOST[:PORT]/PATH URL")
 
 
 def boot(image: Path | None, config: BootConfig) -> BootResult:
@@ -368,41 +448,57 @@ def _boot_with(image: Path | None, config: BootConfig, accelerator: Accelerator
         )
     except OSError as exc:
         raise BootError(f"could not start {config.qemu}: {exc}") from exc
+    fetcher = None if config.fetch is None else _Fetcher(config.fetch, start, deadline)
+
+    def checks_done() -> bool:
+        return judge.markers_done() if fetcher is None else fetcher.passed
+
     try:
         with selectors.DefaultSelector() as sel:
             assert proc.stdout is not None and proc.stderr is not None
             sel.register(proc.stdout, selectors.EVENT_READ, "console")
             sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+            qemu_pipes = 2
             while verdict is None:
                 now = time.monotonic()
-                if settle_until is None and judge.markers_done():
+                if fetcher is not None and not fetcher.started and not judge.missing:
+                    sel.register(fetcher.start(), selectors.EVENT_READ, "fetch")
+                if settle_until is None and checks_done():
                     settle_until = min(now + SETTLE_SECONDS, deadline)
                 if settle_until is not None and now >= settle_until:
-                    verdict = BootOutcome.PASSED, judge.passed_reason()
+                    verdict = BootOutcome.PASSED, _passed_reason(judge, fetcher)
                     break
                 if now >= deadline:
-                    verdict = BootOutcome.TIMED_OUT, _timeout_reason(judge, config)
+                    verdict = BootOutcome.TIMED_OUT, _timeout_reason(judge, config, fetcher)
                     break
-                if not sel.get_map():  # both pipes at EOF: QEMU has exited
+                if not qemu_pipes:  # both pipes at EOF: QEMU has exited
                     judge.feed(decoder.decode(b"", final=True))
                     judge.finish()
-                    verdict = judge.verdict() or _exit_verdict(judge, proc, stderr, config.qemu)
+                    verdict = _with_fetch(judge.verdict(), judge, fetcher) or _exit_verdict(
+                        judge, fetcher, proc, stderr, config.qemu, checks_done())
                     break
                 wake = settle_until if settle_until is not None else deadline
                 for key, _ in sel.select(timeout=max(0.0, wake - now)):
+                    if key.data == "fetch" and fetcher is not None:
+                        sel.unregister(key.fileobj)
+                        fetcher.collect()
+                        continue
                     data = os.read(key.fd, _READ_SIZE)
                     if not data:
                         sel.unregister(key.fileobj)
+                        qemu_pipes -= 1
                     elif key.data == "console":
                         judge.feed(decoder.decode(data))
                     else:
                         stderr.append(data)
                 if markers_seconds is None and judge.markers_done():  # when they came
                     markers_seconds = time.monotonic() - start
-                verdict = judge.verdict()
+                verdict = _with_fetch(judge.verdict(), judge, fetcher)
         seconds = time.monotonic() - start
     finally:
         _reap(proc)
+        if fetcher is not None:
+            fetcher.close()
     outcome, reason = verdict
     return BootResult(
         outcome=outcome,
@@ -412,12 +508,147 @@ def _boot_with(image: Path | None, config: BootConfig, accelerator: Accelerator
         init_exit=judge.init_exit,
         accelerator=accelerator,
         markers_seconds=markers_seconds,
+        page=None if fetcher is None else fetcher.page,
+        fetch_seconds=None if fetcher is None else fetcher.seconds,
     )
 
 
-def _timeout_reason(judge: _Judge, config: BootConfig) -> str:
+class _Fetcher:
+    """BootConfig.fetch, in a thread while the console is read. The guest's server
+    may not listen yet when the markers appear: QEMU's forward accepts the host's
+    connection and drops it when nothing answers in the guest, so a failed
+    connection is tried again until the deadline. An answer is final. The thread
+    says it has finished through a pipe, which the console's selector watches;
+    the boot loop reads the outcome only after that (`collect`). Requests go
+    through http.client, so no proxy from the environment stands between the
+    host and the guest."""
+
+    RETRY_SECONDS = 0.25
+    ATTEMPT_SECONDS = 10.0  # one request's limit: TCG guests are slow, not dead
+    PAGE_LIMIT = 1 << 20
+
+    def __init__(self, fetch: Fetch, start: float, deadline: float) -> None:
+        self.fetch = fetch
+        self.start_time = start
+        self.deadline = deadline
+        self.started = False
+        self.answered = False  # collected: the fields below are final
+        self.status: int | None = None
+        self.page: str | None = None
+        self.seconds: float | None = None  # from QEMU's start until the answer
+        self.error: str | None = None  # the last failed try
+        self._ready, self._signal = os.pipe()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._connection: http.client.HTTPConnection | None = None
+        self._thread = threading.Thread(target=self._run, name="nbic-boot-fetch", daemon=True)
+
+    def start(self) -> int:
+        """Start fetching; the descriptor that becomes readable when it ends."""
+        self.started = True
+        self._thread.start()
+        return self._ready
+
+    def collect(self) -> None:
+        os.read(self._ready, 1)
+        self.answered = self.status is not None
+
+    @property
+    def passed(self) -> bool:
+        return self.answered and self.status == 200 and self.fetch.expect in (self.page or "")
+
+    def failure(self) -> str | None:
+        """Why the answer fails the boot; None while there is none, or when it passed."""
+        if not self.answered or self.passed:
+            return None
+        if self.status != 200:
+            return f"GET {self.fetch.url} answered HTTP {self.status}"
+        return f"GET {self.fetch.url}: the page does not hold {self.fetch.expect!r}"
+
+    def pending(self) -> str:
+        return f"GET {self.fetch.url} was not answered" + (
+            f" (last try: {self.error})" if self.error else "")
+
+    def close(self) -> None:
+        """Stop the thread, cutting a request in flight, and wait for it."""
+        self._stop.set()
+        with self._lock:
+            if self._connection is not None and self._connection.sock is not None:
+                with contextlib.suppress(OSError):
+                    self._connection.sock.shutdown(socket.SHUT_RDWR)
+        if self.started:
+            self._thread.join()
+        os.close(self._ready)
+        os.close(self._signal)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                remaining = self.deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                try:
+                    status, page = self._get(min(remaining, self.ATTEMPT_SECONDS))
+                except (OSError, http.client.HTTPException) as exc:
+                    self.error = str(exc) or type(exc).__name__
+                    self._stop.wait(self.RETRY_SECONDS)
+                    continue
+                self.seconds = time.monotonic() - self.start_time
+                self.page, self.status = page, status
+                return
+        finally:
+            os.write(self._signal, b"\0")
+
+    def _get(self, timeout: float) -> tuple[int, str]:
+        parts = urllib.parse.urlsplit(self.fetch.url)
+        connection = http.client.HTTPConnection(parts.hostname or "", parts.port,
+                                                timeout=timeout)
+        try:
+            connection.connect()
+            # close() sets _stop before it takes the lock: either it sees this
+            # connection and cuts it, or this sees _stop.
+            with self._lock:
+                if self._stop.is_set():
+                    raise OSError("the boot ended")
+                self._connection = connection
+            connection.request("GET", urllib.parse.urlunsplit(
+                ("", "", parts.path or "/", parts.query, "")))
+            response = connection.getresponse()
+            return response.status, response.read(self.PAGE_LIMIT).decode("utf-8", "replace")
+        finally:
+            with self._lock:
+                self._connection = None
+            connection.close()
+
+
+def _with_fetch(verdict: tuple[BootOutcome, str] | None, judge: _Judge,
+                fetcher: _Fetcher | None) -> tuple[BootOutcome, str] | None:
+    """The console's verdict, or the fetch's when that decides."""
+    if fetcher is None:
+        return verdict
+    if failure := fetcher.failure():
+        return BootOutcome.FAILED, failure
+    if verdict is None or verdict[0] is not BootOutcome.PASSED:
+        return verdict
+    if not fetcher.passed:
+        return BootOutcome.FAILED, f"{judge.init_end}; {fetcher.pending()}"
+    return BootOutcome.PASSED, _passed_reason(judge, fetcher)
+
+
+def _passed_reason(judge: _Judge, fetcher: _Fetcher | None) -> str:
+    reason = judge.passed_reason()
+    if fetcher is None:
+        return reason
+    answer = f"GET {fetcher.fetch.url} answered" + (
+        f" with {fetcher.fetch.expect!r}" if fetcher.fetch.expect else "")
+    return answer if not judge.expect else f"{reason}; {answer}"
+
+
+def _timeout_reason(judge: _Judge, config: BootConfig, fetcher: _Fetcher | None) -> str:
     if judge.missing:
         what = _missing_text(judge.missing)
+    elif fetcher is not None and not fetcher.passed:
+        what = fetcher.pending()
     elif judge.init_ran:
         what = f"{judge.init_ran} did not exit"
     else:
@@ -425,9 +656,8 @@ def _timeout_reason(judge: _Judge, config: BootConfig) -> str:
     return f"no verdict after {config.timeout:g}s: {what}"
 
 
-def _exit_verdict(
-    judge: _Judge, proc: subprocess.Popen[bytes], stderr: list[bytes], qemu: str
-) -> tuple[BootOutcome, str]:
+def _exit_verdict(judge: _Judge, fetcher: _Fetcher | None, proc: subprocess.Popen[bytes],
+                  stderr: list[bytes], qemu: str, done: bool) -> tuple[BootOutcome, str]:
     """QEMU exited on its own and the console alone decided nothing."""
     status = proc.wait()
     if status != 0:
@@ -436,10 +666,11 @@ def _exit_verdict(
             f"{Path(qemu).name} exited with status {status}" + (f": {err[-1]}" if err else ""),
             guest_output=bool(judge.console.strip()),
         )
-    if judge.markers_done():
-        return BootOutcome.PASSED, judge.passed_reason()
+    if done:
+        return BootOutcome.PASSED, _passed_reason(judge, fetcher)
     last = next((ln for ln in reversed(judge.console.splitlines()) if ln.strip()), "")
-    what = _missing_text(judge.missing) if judge.missing else "/init's exit was never reported"
+    what = _missing_text(judge.missing) if judge.missing else \
+        fetcher.pending() if fetcher is not None else "/init's exit was never reported"
     return BootOutcome.FAILED, f"QEMU exited before a verdict ({what}); last line: {last!r}"
 
 
@@ -478,10 +709,11 @@ EXIT_STATUS = {BootOutcome.PASSED: 0, BootOutcome.FAILED: 1, BootOutcome.TIMED_O
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("image", type=Path, help="initramfs image to boot (any compression)")
+    parser.add_argument("image", type=Path, nargs="?",
+                        help="initramfs image to boot (any compression); none for a network "
+                        "boot")
     parser.add_argument(
         "--kernel",
-        required=True,
         help="an ELF vmlinux (PVH) or a bzImage, or a package source such as "
         "debian:bookworm:linux-image-amd64 (fetched with apt in a container once, "
         "then cached by version)",
@@ -530,12 +762,63 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the whole console, not just the tail of a failure",
     )
+    network = parser.add_argument_group(
+        "network", "QEMU's user networking: the guest gets 10.0.2.15 by DHCP, the host is "
+        "10.0.2.2")
+    source = network.add_mutually_exclusive_group()
+    source.add_argument("--netboot", metavar="DIR", type=Path,
+                        help="boot from the network: the NIC's iPXE loads boot.ipxe from DIR "
+                        "(a `nbic netboot` directory) over QEMU's built-in TFTP server")
+    source.add_argument("--netboot-url", metavar="URL",
+                        help="boot from the network: the NIC's iPXE loads this boot script, "
+                        "e.g. http://10.0.2.2:8080/boot.ipxe from `nbic serve`")
+    network.add_argument("--nic", metavar="MODEL",
+                         help="a network card beside --kernel (default with --hostfwd: e1000)")
+    network.add_argument("--hostfwd", metavar="HOSTPORT:GUESTPORT", action="append",
+                         default=[],
+                         help="forward 127.0.0.1:HOSTPORT to the guest's TCP port; repeatable")
+    network.add_argument("--fetch", metavar="URL",
+                         help="once every --expect marker appeared, GET this URL from the "
+                         "host (e.g. http://127.0.0.1:HOSTPORT/ through --hostfwd); the boot "
+                         "passes only when it answers 200")
+    network.add_argument("--fetch-expect", metavar="TEXT", default="",
+                         help="text the --fetch page must hold")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Exit 0 when the boot passed, 1 when it failed, 3 when it timed out."""
-    config = BootConfig(
-        kernel=resolve_kernel(args.kernel).boot_kernel,
+def config_from_args(args: argparse.Namespace) -> tuple[Path | None, BootConfig]:
+    """The image and the boot's configuration, checked for what belongs together."""
+    forwards = tuple(Forward.parse(text) for text in args.hostfwd)
+    netboot = nic = None
+    if args.netboot is not None or args.netboot_url is not None:
+        if args.image is not None or args.kernel is not None:
+            raise UsageError("a network boot takes no IMAGE and no --kernel: the boot "
+                             "script names them")
+        if args.append or args.nic:
+            raise UsageError("--append and --nic are for a kernel boot: a network boot's "
+                             "command line is in its boot script, its card is e1000")
+        if args.netboot is not None:
+            if not (args.netboot / IPXE_SCRIPT).is_file():
+                raise UsageError(f"{args.netboot} has no {IPXE_SCRIPT}: lay the directory "
+                                 "out with `nbic netboot`")
+            netboot = NetBoot.user(IPXE_SCRIPT, tftp=args.netboot.resolve(),
+                                   forwards=forwards)
+        else:
+            netboot = NetBoot.user(args.netboot_url, forwards=forwards)
+        kernel = None
+    else:
+        if args.image is None or args.kernel is None:
+            raise UsageError("give an IMAGE and --kernel, or --netboot DIR or --netboot-url "
+                             "URL")
+        kernel = resolve_kernel(args.kernel).boot_kernel
+        if args.nic or forwards:
+            nic = Nic(args.nic or "e1000", forwards)
+    if args.fetch_expect and not args.fetch:
+        raise UsageError("--fetch-expect needs --fetch URL")
+    return args.image, BootConfig(
+        kernel=kernel,
+        netboot=netboot,
+        nic=nic,
+        fetch=Fetch(args.fetch, args.fetch_expect) if args.fetch else None,
         append=args.append,
         memory_mb=args.memory,
         timeout=args.timeout,
@@ -543,7 +826,12 @@ def run(args: argparse.Namespace) -> int:
         qemu=args.qemu,
         accelerator=None if args.accel == "auto" else Accelerator(args.accel),
     )
-    result = boot(args.image, config)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 0 when the boot passed, 1 when it failed, 3 when it timed out."""
+    image, config = config_from_args(args)
+    result = boot(image, config)
     if args.console:
         print(result.console, end="" if result.console.endswith("\n") else "\n")
     print(format_result(result, tail_lines=0 if args.console else 30))

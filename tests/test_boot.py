@@ -7,9 +7,14 @@ Each boot takes a few seconds under TCG, so there are only a handful.
 """
 
 import gzip
+import http.server
 import os
 import shutil
+import socket
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,14 +26,17 @@ from nbic.boot import (
     BootConfig,
     BootOutcome,
     BootResult,
+    Fetch,
+    Forward,
     NetBoot,
+    Nic,
     _Judge,
     boot,
     choose_accelerator,
     format_result,
     qemu_command,
 )
-from nbic.errors import BootError, QemuError
+from nbic.errors import BootError, QemuError, UsageError
 
 MARKER = "NBIC-TEST-MARKER"
 
@@ -326,3 +334,109 @@ def test_a_network_boot_runs_the_nic_rom_instead_of_a_kernel(tmp_path):
         boot(None, BootConfig(kernel=tmp_path / "vmlinux", netboot=net))
     with pytest.raises(BootError, match="a kernel and an image, or a network boot"):
         boot(None, BootConfig(kernel=tmp_path / "vmlinux"))
+
+
+# --- a network card beside -kernel, and a page fetched from the running guest ----
+
+
+def test_a_nic_with_forwards_beside_the_kernel(tmp_path):
+    nic = Nic("e1000", (Forward(18080, 80), Forward(2222, 22, host="127.0.0.2")))
+    command = qemu_command(tmp_path / "img", BootConfig(kernel=tmp_path / "k", nic=nic),
+                           Accelerator.TCG)
+    assert command[command.index("-netdev") + 1] == \
+        "user,hostfwd=tcp:127.0.0.1:18080-:80,hostfwd=tcp:127.0.0.2:2222-:22,id=net0"
+    assert command[command.index("-device") + 1] == "e1000,netdev=net0"
+    assert "-kernel" in command and "-boot" not in command
+    plain = qemu_command(tmp_path / "img", BootConfig(kernel=tmp_path / "k"), Accelerator.TCG)
+    assert "-netdev" not in plain
+    net = NetBoot.user("boot.ipxe", tftp=tmp_path, forwards=(Forward(18080, 80),))
+    assert net.netdev == f"user,bootfile=boot.ipxe,tftp={tmp_path},hostfwd=tcp:127.0.0.1:18080-:80"
+
+
+@pytest.mark.parametrize("text", ["80", "a:80", "8080:", "0:80", "8080:65536", "-1:80"])
+def test_a_bad_forward_is_refused(text):
+    with pytest.raises(UsageError, match="--hostfwd"):
+        Forward.parse(text)
+    assert Forward.parse("8080:80") == Forward(8080, 80)
+
+
+@pytest.mark.parametrize("url", ["https://127.0.0.1/", "127.0.0.1:80/", "http:///x",
+                                 "http://127.0.0.1:http/", "http://127.0.0.1:0/"])
+def test_a_fetch_needs_an_http_url(tmp_path, url):
+    need("qemu-system-x86_64")  # checked first
+    (tmp_path / "k").write_bytes(b"")
+    (tmp_path / "img").write_bytes(b"")
+    with pytest.raises(BootError, match="http://HOST"):
+        boot(tmp_path / "img", BootConfig(kernel=tmp_path / "k", fetch=Fetch(url)))
+
+
+class _Pages(http.server.BaseHTTPRequestHandler):
+    """/page: the text; /missing: 404; /slow: an answer that never comes in time."""
+
+    def do_GET(self) -> None:
+        if self.path == "/slow":
+            time.sleep(60)
+        status = 200 if self.path == "/page" else 404
+        body = b"the page: PAGE-TEXT\n"
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def pages() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Pages)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.boot
+def test_the_fetch_comes_after_the_markers_and_decides(tmp_path, kernel, static_init, pages):
+    """/init prints the marker and hangs: only the fetch can end the boot, and
+    QEMU runs until it has answered."""
+    image = _image(tmp_path, static_init, marker=MARKER, exit_code="hang")
+    result = _boot(image, kernel, expect=(MARKER,),
+                   fetch=Fetch(f"{pages}/page", "PAGE-TEXT"))
+    assert result.outcome is BootOutcome.PASSED, format_result(result)
+    assert result.page == "the page: PAGE-TEXT\n"
+    assert result.reason.endswith(f"GET {pages}/page answered with 'PAGE-TEXT'")
+    assert result.markers_seconds is not None and result.fetch_seconds is not None
+    assert result.markers_seconds <= result.fetch_seconds <= result.seconds
+    wrong = _boot(image, kernel, expect=(MARKER,), fetch=Fetch(f"{pages}/page", "OTHER"))
+    assert (wrong.outcome, wrong.reason) == (
+        BootOutcome.FAILED, f"GET {pages}/page: the page does not hold 'OTHER'")
+    missing = _boot(image, kernel, expect=(MARKER,), fetch=Fetch(f"{pages}/missing"))
+    assert (missing.outcome, missing.reason) == (
+        BootOutcome.FAILED, f"GET {pages}/missing answered HTTP 404")
+
+
+@pytest.mark.boot
+def test_a_fetch_never_answered_times_out_naming_the_last_error(tmp_path, kernel, static_init):
+    with socket.socket() as sock:  # a port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    image = _image(tmp_path, static_init, marker=MARKER, exit_code="hang")
+    result = _boot(image, kernel, expect=(MARKER,), fetch=Fetch(url), timeout=20.0)
+    assert result.outcome is BootOutcome.TIMED_OUT, format_result(result)
+    assert result.reason == (f"no verdict after 20s: GET {url} was not answered "
+                             "(last try: [Errno 111] Connection refused)")
+    assert not _qemu_running_with(image)
+
+
+@pytest.mark.boot
+def test_init_ending_before_the_answer_fails_at_once(tmp_path, kernel, static_init, pages):
+    image = _image(tmp_path, static_init, marker=MARKER)  # exits 0 after the marker
+    result = _boot(image, kernel, expect=(MARKER,), fetch=Fetch(f"{pages}/slow"))
+    assert (result.outcome, result.reason) == (
+        BootOutcome.FAILED, f"/init exited with status 0; GET {pages}/slow was not answered")
+    assert result.seconds < 50, "the request in flight must not hold the verdict"

@@ -7,15 +7,29 @@ images that `nbic pack` makes from spec lists around the static test /init.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from boot_helpers import CMDLINE, netboot_dir, two_images
 
-from nbic.boot import BootConfig, BootOutcome, NetBoot, boot, format_result
-from nbic.cli import main
+from nbic.boot import (
+    BootConfig,
+    BootOutcome,
+    Forward,
+    NetBoot,
+    boot,
+    config_from_args,
+    format_result,
+)
+from nbic.cli import build_parser, main
 from nbic.cpio.image import read_entries
 from nbic.errors import NbicError, UsageError
 from nbic.netboot import (
@@ -212,3 +226,70 @@ def test_qemu_pxe_rom_without_a_boot_script_fails_promptly(tmp_path, bzimage, st
     assert result.reason == ("the firmware found no bootable device (iPXE: "
                              "tftp://10.0.2.2/boot.ipxe... No such file or directory)")
     assert result.seconds < 60, "QEMU should end at the firmware's failure, not the timeout"
+
+
+# --- `nbic boot --netboot DIR` and `--netboot-url URL` -------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["image.cpio", "--netboot", "{dir}"], "takes no IMAGE and no --kernel"),
+    (["--kernel", "k", "--netboot-url", "http://10.0.2.2/boot.ipxe"], "takes no IMAGE"),
+    (["--netboot", "{dir}", "--append", "quiet"], "--append and --nic are for a kernel boot"),
+    (["--netboot", "{empty}"], "has no boot.ipxe: lay the directory out with `nbic netboot`"),
+    (["--netboot", "{dir}", "--fetch-expect", "x"], "--fetch-expect needs --fetch URL"),
+    (["image.cpio"], "give an IMAGE and --kernel, or --netboot DIR or --netboot-url URL"),
+])
+def test_boot_refuses_what_a_network_boot_cannot_take(tmp_path, capsys, argv, message):
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / IPXE_SCRIPT).write_text(ipxe_script(""))
+    (tmp_path / "empty").mkdir()
+    argv = [arg.format(dir=tmp_path / "dir", empty=tmp_path / "empty") for arg in argv]
+    assert main(["boot", *argv]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_boot_netboot_options_make_the_nic_roms_network(tmp_path):
+    (tmp_path / IPXE_SCRIPT).write_text(ipxe_script(""))
+    parser = build_parser()
+    _, config = config_from_args(parser.parse_args(
+        ["boot", "--netboot", str(tmp_path), "--hostfwd", "8080:80"]))
+    assert config.kernel is None and config.nic is None
+    assert config.netboot == NetBoot.user(IPXE_SCRIPT, tftp=tmp_path,
+                                          forwards=(Forward(8080, 80),))
+    _, config = config_from_args(parser.parse_args(
+        ["boot", "--netboot-url", "http://10.0.2.2:8080/boot.ipxe"]))
+    assert config.netboot == NetBoot.user("http://10.0.2.2:8080/boot.ipxe")
+
+
+@pytest.mark.boot
+def test_boot_cli_boots_a_directory_over_qemu_tftp(tmp_path, bzimage, static_init, capsys):
+    directory = netboot_dir(tmp_path, bzimage, static_init, MARKER)
+    assert main(["boot", "--netboot", str(directory), "--expect", MARKER,
+                 "--timeout", "240"]) == 0
+    assert f"all 1 marker(s) seen: '{MARKER}'" in capsys.readouterr().out
+
+
+@pytest.mark.boot
+def test_boot_cli_boots_a_url_from_nbic_serve(tmp_path, bzimage, static_init, capsys):
+    directory = netboot_dir(tmp_path, bzimage, static_init, MARKER)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "nbic.cli", "-q", "serve", str(directory),
+                               "--http", f"127.0.0.1:{port}"], stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            assert server.poll() is None and time.monotonic() < deadline, "no server"
+            time.sleep(0.05)
+        # The guest reaches the host's loopback as 10.0.2.2.
+        status = main(["boot", "--netboot-url", f"http://10.0.2.2:{port}/{IPXE_SCRIPT}",
+                       "--expect", MARKER, "--timeout", "240"])
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(10) == 0
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert f"all 1 marker(s) seen: '{MARKER}'" in out
