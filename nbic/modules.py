@@ -71,6 +71,20 @@ def kernel_release(tree: Tree, release: str | None) -> str:
     return found[0]
 
 
+def kernel_image(tree: Tree, release: str | None) -> tuple[str, str]:
+    """(release, name in the tree) of the kernel whose modules these are:
+    /boot/vmlinuz-RELEASE, as Debian's kernel packages install it. Modules load
+    only into the kernel they were built for, so this is the one to boot."""
+    kver = kernel_release(tree, release)
+    path = f"/boot/vmlinuz-{kver}"
+    target = tree.resolve(path).target
+    if target is None or tree.entries[target].type is not FileType.FILE:
+        raise RootfsError(f"no {path} in {tree.description}: the modules of {kver} load only "
+                          "into that kernel; install its package (linux-image-...) in the "
+                          "rootfs or the session")
+    return kver, target
+
+
 def closure(tree: Tree, patterns: tuple[str, ...], release: str | None) -> ModuleClosure:
     kver = kernel_release(tree, release)
     base = f"/lib/modules/{kver}"

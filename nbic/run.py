@@ -27,6 +27,7 @@ from nbic.agent.protocol import (
     CHECK,
     IMAGE_FILE,
     INPUT_DIR,
+    KERNEL_FILE,
     OUTPUT_DIR,
     REPORT_FILE,
     RESULT_FILE,
@@ -65,6 +66,7 @@ class RunConfig:
     script: str | None = None  # host path of the session's script
     check: str | None = None  # host path of the verify check (default: the script)
     report: str | None = None  # where to write the JSON report
+    kernel_output: str | None = None  # where to write the kernel the image's modules are for
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,8 @@ def _inputs(config: RunConfig) -> dict[str, Path]:
 def compile_session(config: RunConfig) -> RunResult:
     inputs = _inputs(config)
     source = rootfs.parse_source(config.rootfs)
-    request = Request(Task.SESSION, config.selection, config.session)
+    request = Request(Task.SESSION, config.selection, config.session,
+                      kernel=config.kernel_output is not None)
     with interruptible():
         client = engine.connect()
         builder = engine.builder_image(client)
@@ -144,6 +147,9 @@ def compile_session(config: RunConfig) -> RunResult:
              config.compression)
     if config.output != "-" and log.isEnabledFor(logging.INFO):
         log.info("%s", size_report(config.output, depth=1, top=5).format())
+    if config.kernel_output:
+        log.info("wrote %s: the kernel of the modules (%s), from the rootfs's /boot",
+                 config.kernel_output, result.kernel_release)
     if result.session_status:
         log.warning("the session exited with status %d; the image holds what it used",
                     result.session_status)
@@ -151,9 +157,9 @@ def compile_session(config: RunConfig) -> RunResult:
 
 
 def _collect(created: Any, config: RunConfig) -> RunResult:
-    """One archive of OUTPUT_DIR: the result, the report, the image. The image is
-    compressed into the output as it streams; the output is kept only if the
-    result says so."""
+    """One archive of OUTPUT_DIR: the result, the report, the image and, when
+    asked for, the kernel. The image is compressed into the output as it
+    streams; the outputs are kept only if the result says so."""
     result: Result | None = None
     raw_bytes = 0
     image_bytes: int | None = None
@@ -169,6 +175,9 @@ def _collect(created: Any, config: RunConfig) -> RunResult:
             elif name == REPORT_FILE and config.report:
                 with atomic_output(config.report) as out:
                     _copy(data, out)
+            elif name == KERNEL_FILE and config.kernel_output:
+                # Kept, like the image, only when the result says the run succeeded.
+                _copy(data, stack.enter_context(atomic_output(config.kernel_output)))
             elif name == IMAGE_FILE:
                 raw = stack.enter_context(atomic_output(config.output))
                 with compressed_writer(raw, config.compression) as stream:
@@ -249,6 +258,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", metavar="FILE",
                         help="write a JSON report: every entry and why it is in the image, "
                         "failed lookups, verify rounds")
+    parser.add_argument("--kernel-out", metavar="FILE",
+                        help="also write the kernel the image's modules load into: the "
+                        "rootfs's /boot/vmlinuz-KVER (KVER as for --modules), to boot with")
     parser.add_argument("command", nargs=argparse.REMAINDER,
                         help="-- COMMAND [ARGS...]: run this instead of /chroot or a shell")
 
@@ -266,7 +278,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         session=Session(command=command, script=bool(args.script), tracer=Tracer(args.tracer),
                         interactive=interactive),
         selection=selections.from_args(args, verify=verify),
-        script=args.script, check=args.check, report=args.report)
+        script=args.script, check=args.check, report=args.report,
+        kernel_output=args.kernel_out)
 
 
 def run(args: argparse.Namespace) -> int:

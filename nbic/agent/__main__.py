@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import traceback
 from dataclasses import replace
 
-from nbic import serial
+from nbic import modules, serial
 from nbic.agent import chroot, mounts, replay
 from nbic.agent.protocol import (
     CACHE,
@@ -29,6 +30,7 @@ from nbic.agent.protocol import (
     IMAGE_INPUT,
     IMPORT_DIR,
     INPUT_DIR,
+    KERNEL_FILE,
     OUTPUT_DIR,
     READY_MARK,
     REPORT_FILE,
@@ -171,9 +173,19 @@ def session_task(request: Request, clock: _Clock) -> Result:
         _write_image(image, tree, selection.epoch)
         clock.lap("image")
     _write_report(request, image, trace, replays, fixed)
+    release = _write_kernel(tree, selection.kernel_release) if request.kernel else ""
     return Result(ok=True, session_status=trace.status, tracer=trace.tracer,
                   traced=len(trace.uses), entries=len(image.entries), replays=tuple(replays),
-                  fixed=tuple(fixed))
+                  fixed=tuple(fixed), kernel_release=release)
+
+
+def _write_kernel(tree: Tree, release: str | None) -> str:
+    """The kernel the image's modules belong to, from the rootfs as the session
+    left it (a session may install the kernel package), beside the image."""
+    kver, name = modules.kernel_image(tree, release)
+    with tree.open(name) as source, open(f"{OUTPUT_DIR}/{KERNEL_FILE}", "wb") as out:
+        shutil.copyfileobj(source, out, 1 << 20)
+    return kver
 
 
 def _trace_check(session: Session) -> tuple[Trace, DirTree]:

@@ -28,6 +28,7 @@ IMAGE_INPUT = "image.cpio"  # `nbic verify`: the image to import, uncompressed, 
 RESULT_FILE = "result.json"
 REPORT_FILE = "report.json"
 IMAGE_FILE = "image.cpio"
+KERNEL_FILE = "vmlinuz"  # with Request.kernel: the kernel of the modules' release
 
 
 def spec_input(index: int) -> str:
@@ -65,6 +66,7 @@ class Request:
     # SESSION: what runs; REPLAY: the check (its command, or INPUT_DIR/check as script).
     session: Session = field(default_factory=Session)
     with_rootfs: bool = True  # REPLAY: the reference rootfs is mounted too, to name fixes
+    kernel: bool = False  # SESSION: also the rootfs's /boot/vmlinuz-KVER of the modules' KVER
 
 
 @dataclass(frozen=True)
@@ -96,3 +98,4 @@ class Result:
     notices: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     seconds: dict[str, float] = field(default_factory=dict)  # time per phase
+    kernel_release: str = ""  # the release of KERNEL_FILE (with Request.kernel)
