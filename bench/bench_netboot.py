@@ -1,7 +1,9 @@
-"""Network boot: QEMU's iPXE booting the bash image from a `nbic netboot`
-directory, time from QEMU's start to /init's marker, over `nbic serve` HTTP
-against QEMU's own TFTP server; and the HTTP transfer rate of `nbic serve`
-against `python3 -m http.server` on loopback."""
+"""Network boot: QEMU's iPXE booting an image from a `nbic netboot` directory,
+time from QEMU's start to /init's marker, over `nbic serve` HTTP against
+QEMU's own TFTP server, for the bash demo image (the CI kernel) and the node
+image (images/node, on its rootfs's own kernel); the node booted with -kernel
+until the host has read its page through a port forward; and the HTTP
+transfer rate of `nbic serve` against `python3 -m http.server` on loopback."""
 
 from __future__ import annotations
 
@@ -12,15 +14,37 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 from common import NBIC, REPO, ROOTFS_DIR, Result, need, workdir
 from timing import Sample, best_of, run, show
 
-from nbic.boot import BootConfig, BootOutcome, NetBoot, boot, format_result
+from nbic.boot import (
+    BootConfig,
+    BootOutcome,
+    BootResult,
+    Fetch,
+    Forward,
+    NetBoot,
+    Nic,
+    boot,
+    format_result,
+)
+from nbic.cpio.image import read_entries
 
 KERNEL = os.environ.get("NBIC_BENCH_BZIMAGE", "/var/cache/nbic-ci/kernel/vmlinuz")
-MARKER = "NBIC-BOOT-OK"  # what images/bash/init prints
+NODE_ROOTFS_IMAGE = "nbic-bench-node:latest"
+NODE_ADDRESS = "10.0.2.15"  # QEMU's user networking's DHCP gives the one guest this
 TRANSFER_MB = 200
+
+
+@dataclass(frozen=True)
+class Bootable:
+    name: str
+    kernel: str  # a bzImage: what PXE loaders load
+    image: str
+    marker: str  # what its /init prints when it is up
 
 
 def free_port() -> int:
@@ -48,37 +72,59 @@ def server(argv: list[str], port: int) -> Iterator[None]:
         process.wait(10)
 
 
-def boot_directory() -> str:
-    """The bash demo image (as ci/demo packs it) in a netboot directory."""
+def bash_image() -> Bootable:
+    """The bash demo image, as ci/demo packs it, on the CI kernel."""
     image = workdir("netboot-bash.cpio.zst")
     run([NBIC, "-q", "pack", "--rootfs", ROOTFS_DIR, "--files-from", "images/bash/files.list",
          "--spec", "images/bash/extra.spec", "-o", image], cwd=REPO)
-    directory = workdir("netboot")
-    run([NBIC, "-q", "netboot", directory, "--kernel", KERNEL, "--image", image,
-         "--cmdline", "console=ttyS0 panic=-1"])
+    return Bootable("bash", KERNEL, image, "NBIC-BOOT-OK")
+
+
+def node_image() -> Bootable:
+    """images/node: its rootfs built with Docker, the image by a traced session with
+    its modules, and its rootfs's own kernel."""
+    run(["docker", "build", "-q", "-t", NODE_ROOTFS_IMAGE, "images/node"], cwd=REPO)
+    image, kernel = workdir("node.cpio.zst"), workdir("node.vmlinuz")
+    run([NBIC, "-q", "run", "--rootfs", f"docker:{NODE_ROOTFS_IMAGE}", "--script",
+         "images/node/session.sh", "--modules", "e1000", "--kernel-out", kernel, "-o", image],
+        cwd=REPO)
+    return Bootable("node", kernel, image, f"NBIC-NODE-ADDRESS {NODE_ADDRESS}")
+
+
+def boot_directory(bootable: Bootable) -> str:
+    directory = workdir(f"netboot-{bootable.name}")
+    run([NBIC, "-q", "netboot", directory, "--kernel", bootable.kernel, "--image",
+         bootable.image, "--cmdline", "console=ttyS0 panic=-1"])
     return directory
 
 
-def time_to_marker(net: NetBoot) -> float:
-    result = boot(None, BootConfig(netboot=net, expect=(MARKER,), timeout=300))
+def checked(config: BootConfig, image: Path | None = None) -> BootResult:
+    result = boot(image, config)
     if result.outcome is not BootOutcome.PASSED or result.markers_seconds is None:
         raise RuntimeError(format_result(result))
+    return result
+
+
+def time_to_marker(net: NetBoot, marker: str) -> float:
+    result = checked(BootConfig(netboot=net, expect=(marker,), timeout=300))
+    assert result.markers_seconds is not None
     return result.markers_seconds
 
 
-def bench_boot(n: int) -> Result:
+def bench_boot(bootable: Bootable, n: int) -> Result:
     need("qemu-system-x86_64")
-    directory = boot_directory()
-    tftp = NetBoot.user("boot.ipxe", tftp=directory)
-    t_tftp = best_of(lambda: time_to_marker(tftp), n)
+    directory = boot_directory(bootable)
+    tftp = NetBoot.user("boot.ipxe", tftp=Path(directory))
+    t_tftp = best_of(lambda: time_to_marker(tftp, bootable.marker), n)
     port = free_port()
     with server([NBIC, "serve", directory, "--http", f"127.0.0.1:{port}"], port):
         http = NetBoot.user(f"http://10.0.2.2:{port}/boot.ipxe")
-        t_http = best_of(lambda: time_to_marker(http), n)
+        t_http = best_of(lambda: time_to_marker(http, bootable.marker), n)
     initrd = os.path.getsize(os.path.join(directory, "initrd.img"))
     kernel = os.path.getsize(os.path.join(directory, "vmlinuz"))
     return Result(
-        "netboot bash image, QEMU start -> /init marker: nbic serve HTTP vs QEMU's TFTP",
+        f"netboot {bootable.name} image, QEMU start -> /init marker: nbic serve HTTP vs "
+        "QEMU's TFTP",
         t_http.best, t_tftp.best,
         nbic_cmd=f"nbic serve {directory} --http 127.0.0.1:{port}; qemu ... -netdev "
                  f"user,bootfile=http://10.0.2.2:{port}/boot.ipxe -boot n",
@@ -87,6 +133,34 @@ def bench_boot(n: int) -> Result:
                f"TFTP {t_tftp}",
                f"kernel {kernel:,} B, initrd {initrd:,} B; QEMU under TCG; the time includes "
                "SeaBIOS, iPXE's DHCP and its prompts"])
+
+
+def bench_node_page(node: Bootable, n: int) -> Result:
+    """The node booted with -kernel and an e1000 NIC: until its marker, and until the
+    host has read its page through the port forward."""
+    need("qemu-system-x86_64")
+    markers, pages = Sample(), Sample()
+    for _ in range(n):
+        port = free_port()
+        result = checked(BootConfig(
+            kernel=Path(node.kernel), nic=Nic("e1000", (Forward(port, 80),)),
+            expect=(node.marker,), timeout=300,
+            fetch=Fetch(f"http://127.0.0.1:{port}/", f"address: {NODE_ADDRESS}")),
+            Path(node.image))
+        assert result.markers_seconds is not None and result.fetch_seconds is not None
+        markers.runs.append(result.markers_seconds)
+        pages.runs.append(result.fetch_seconds)
+    modules = [entry.name for entry in read_entries(node.image) if entry.name.endswith(".ko")]
+    return Result(
+        "node image, QEMU -kernel with an e1000 NIC: start -> page read through the "
+        "port forward (no peer)",
+        pages.best, None,
+        nbic_cmd=f"nbic boot {node.image} --kernel {node.kernel} --hostfwd PORT:80 "
+                 f"--expect '{node.marker}' --fetch http://127.0.0.1:PORT/",
+        notes=[f"best of {n}; page {pages}; marker {markers}",
+               f"image {os.path.getsize(node.image):,} B (zstd), "
+               f"{len(modules)} module(s): {', '.join(sorted(modules))}; kernel "
+               f"{os.path.getsize(node.kernel):,} B (the rootfs's /boot)"])
 
 
 def bench_transfer(n: int) -> Result:
@@ -127,4 +201,6 @@ def bench_transfer(n: int) -> Result:
 
 
 def bench(n: int = 3) -> list[Result]:
-    return [bench_transfer(n), bench_boot(n)]
+    node = node_image()
+    return [bench_transfer(n), bench_boot(bash_image(), n), bench_boot(node, n),
+            bench_node_page(node, n)]
