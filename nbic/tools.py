@@ -27,9 +27,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from nbic.cpio.entry import Entry, FileType, encode_name, landing_name, sort_key, split_path
+from nbic.cpio.entry import (
+    TYPE_NAMES,
+    Entry,
+    FileType,
+    ancestors,
+    encode_name,
+    landing_name,
+    sort_key,
+    split_path,
+)
 from nbic.cpio.image import ImageReader, open_image
-from nbic.cpio.spec import format_spec
+from nbic.cpio.spec import format_spec, root_location
 from nbic.errors import FormatError, NbicError, UnsafePathError, UsageError
 from nbic.usage import human_size, size_report
 
@@ -38,11 +47,6 @@ log = logging.getLogger("nbic")
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _SIX_MONTHS = 6 * 30 * 24 * 60 * 60  # GNU cpio's notion of "recent"
-_TYPE_NAMES = {
-    FileType.FIFO: "fifo", FileType.CHAR: "char device", FileType.DIR: "directory",
-    FileType.BLOCK: "block device", FileType.FILE: "file", FileType.SYMLINK: "symlink",
-    FileType.SOCKET: "socket",
-}
 
 
 # --- input and output ---------------------------------------------------------
@@ -128,6 +132,58 @@ def _final_state(reader: ImageReader, *, hash_data: bool) -> dict[str, _Item]:
     return result
 
 
+# --- what cpio-extract makes of an image ------------------------------------------
+
+class _Layout:
+    """The names cpio-extract makes of an image in an empty directory, worked out on
+    names alone: the one definition of which entries it refuses. The extractor
+    asks it before touching the disk, and `cpio-list --spec` writes only what it
+    keeps, so a spec list never points at a path that leads out of the tree."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Entry] = {}  # name -> the entry that made it last
+        self._dirs = {"."}  # also those made as missing parents
+        self._children: dict[str, int] = {}  # directory -> names directly in it
+
+    def place(self, entry: Entry) -> str | None:
+        """Record `entry`; or, when cpio-extract refuses it, say why."""
+        if entry.name.startswith("/"):
+            return "absolute name"
+        parts = split_path(entry.name)
+        if ".." in parts:
+            return "name contains '..'"
+        name = "/".join(parts) or "."
+        if name == ".":
+            if entry.type is not FileType.DIR:
+                return f"it names the target itself but is a {TYPE_NAMES[entry.type]}"
+            self.entries[name] = entry
+            return None
+        for parent in ancestors(name):
+            if parent in self._dirs:
+                continue
+            other = self.entries.get(parent)
+            if other is not None:
+                what = "a symlink" if other.type is FileType.SYMLINK else "not a directory"
+                return f"{parent} is {what} (nothing is written through it)"
+            self._new_name(parent)
+            self._dirs.add(parent)  # a missing parent, made as a directory
+        if name in self._dirs:
+            if entry.type is not FileType.DIR:
+                if self._children.get(name):
+                    return "a non-empty directory of that name is in the way"
+                self._dirs.discard(name)
+        elif name not in self.entries:
+            self._new_name(name)
+        if entry.type is FileType.DIR:
+            self._dirs.add(name)
+        self.entries[name] = entry
+        return None
+
+    def _new_name(self, name: str) -> None:
+        parent = name.rsplit("/", 1)[0] if "/" in name else "."
+        self._children[parent] = self._children.get(parent, 0) + 1
+
+
 # --- list ----------------------------------------------------------------------
 
 def _cpio_date(mtime: int, now: float) -> str:
@@ -151,19 +207,26 @@ def long_format(entry: Entry, now: float | None = None) -> str:
     return line
 
 
-def _spec(state: dict[str, _Item]) -> str:
-    """The image's final state as a spec list; files at ${NBIC_ROOT}/NAME, where
-    cpio-extract puts them."""
+def _spec(reader: ImageReader) -> tuple[str, int]:
+    """The spec list of the tree cpio-extract makes of the image, with files at
+    ${NBIC_ROOT}/NAME, where it puts them. An entry it does not write is left
+    out, with a warning; returns the list and how many were left out."""
+    layout = _Layout()
+    left_out = 0
+    for entry in reader:
+        reason = layout.place(entry)
+        if reason is not None:
+            left_out += 1
+            log.warning("%s: %r left out: cpio-extract does not write it (%s)",
+                        reader.location(entry), entry.name, reason)
     pairs = []
-    for name in sorted(state, key=sort_key):
-        entry = state[name].entry
-        if ".." in name.split("/"):
-            raise UnsafePathError(f"entry {entry.name!r} contains '..': no spec list for it")
+    for name in sorted(layout.entries, key=sort_key):
+        entry = layout.entries[name]
         normalized = Entry(name, entry.type, perm=entry.perm, uid=entry.uid, gid=entry.gid,
                            linkname=entry.linkname, rdevmajor=entry.rdevmajor,
                            rdevminor=entry.rdevminor, link_key=entry.link_key)
-        pairs.append((normalized, "${NBIC_ROOT}/" + name))
-    return format_spec(pairs)
+        pairs.append((normalized, root_location(name)))
+    return format_spec(pairs), left_out
 
 
 def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
@@ -172,8 +235,10 @@ def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("-v", "--verbose", action="store_true",
                       help="long listing, as `cpio -tv --numeric-uid-gid`")
     mode.add_argument("--spec", action="store_true",
-                      help="a gen_init_cpio spec list that rebuilds the image from an "
-                           "extracted tree (files at ${NBIC_ROOT}/NAME)")
+                      help="a gen_init_cpio spec list that rebuilds the image from the "
+                           "tree cpio-extract makes of it (files at ${NBIC_ROOT}/NAME); "
+                           "an entry cpio-extract refuses is left out, with a warning "
+                           "and exit status 1")
     mode.add_argument("--segments", action="store_true",
                       help="one line per cpio archive: index, compression, byte offset, "
                            "entry count")
@@ -183,8 +248,16 @@ def run_list(args: argparse.Namespace) -> int:
     with open_image(args.image) as reader:
         if args.spec:
             # Whole before printed: an entry no spec list can hold leaves no half list.
-            for line in _spec(_final_state(reader, hash_data=False)).splitlines():
+            text, left_out = _spec(reader)
+            for line in text.splitlines():
                 _emit(line)
+            if left_out:
+                sys.stdout.flush()
+                name = "standard input" if args.image == "-" else args.image
+                raise NbicError(f"{name}: {left_out} " + (
+                    "entry left out of the spec list (cpio-extract does not write it)"
+                    if left_out == 1 else
+                    "entries left out of the spec list (cpio-extract does not write them)"))
         elif args.segments:
             counts: dict[int, int] = {}
             for entry in reader:
@@ -212,15 +285,6 @@ _PIN_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # Linux's dev_t keeps 12 bits of major and 20 of minor; newc has room for 32 each.
 _MAX_MAJOR = (1 << 12) - 1
 _MAX_MINOR = (1 << 20) - 1
-
-
-def _safe_parts(name: str) -> list[str]:
-    if name.startswith("/"):
-        raise UnsafePathError(f"refusing to extract {name!r}: absolute name")
-    parts = split_path(name)
-    if ".." in parts:
-        raise UnsafePathError(f"refusing to extract {name!r}: name contains '..'")
-    return parts
 
 
 def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
@@ -276,6 +340,7 @@ class _Extractor:
         self._anchors: dict[object, tuple[list[str], tuple[int, int]]] = {}
         self._anchored: dict[tuple[str, ...], object] = {}  # first name -> link_key
         self._dirs: dict[tuple[str, ...], Entry] = {}
+        self._layout = _Layout()
 
     def close(self) -> None:
         os.close(self._root)
@@ -312,11 +377,11 @@ class _Extractor:
     def add(self, entry: Entry, reader: ImageReader) -> None:
         """Extract one entry. An NbicError other than the reader's FormatError means
         this entry was not extracted and the next one can be."""
-        parts = _safe_parts(entry.name)
+        reason = self._layout.place(entry)
+        if reason is not None:
+            raise UnsafePathError(f"refusing to extract {entry.name!r}: {reason}")
+        parts = split_path(entry.name)
         if not parts:
-            if entry.type is not FileType.DIR:
-                raise NbicError(f"refusing to extract {entry.name!r}: it names the target "
-                                f"itself but is a {_TYPE_NAMES[entry.type]}")
             self._dirs[()] = entry
             return
         try:
@@ -362,7 +427,7 @@ class _Extractor:
             self._dirs[tuple(parts)] = entry
             return
         if kind in (FileType.CHAR, FileType.BLOCK, FileType.SOCKET) and not self._as_root:
-            raise NbicError(f"cannot extract {entry.name!r}: creating a {_TYPE_NAMES[kind]} "
+            raise NbicError(f"cannot extract {entry.name!r}: creating a {TYPE_NAMES[kind]} "
                             "needs root")
         device = _device_number(entry)
         self._clear(parent, parts, entry)
@@ -595,7 +660,7 @@ def run_du(args: argparse.Namespace) -> int:
 def _describe_changes(old: _Item, new: _Item, *, mtime: bool) -> list[str]:
     a, b = old.entry, new.entry
     if a.type is not b.type:
-        return [f"type {_TYPE_NAMES[a.type]} -> {_TYPE_NAMES[b.type]}"]
+        return [f"type {TYPE_NAMES[a.type]} -> {TYPE_NAMES[b.type]}"]
     changes = []
     if a.perm != b.perm:
         changes.append(f"mode {a.perm:04o} -> {b.perm:04o}")
@@ -676,7 +741,7 @@ def cat(path: str, member: str, out: BinaryIO) -> int:
             raise NbicError(f"{shown}: is a symlink to {found.linkname} "
                             "(cat the target instead)")
         if found.type is not FileType.FILE:
-            raise NbicError(f"{shown}: is a {_TYPE_NAMES[found.type]}, not a regular file")
+            raise NbicError(f"{shown}: is a {TYPE_NAMES[found.type]}, not a regular file")
         source = found
         if found.link_key is not None:
             source = carriers.get(found.link_key, found)
