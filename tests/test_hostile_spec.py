@@ -437,3 +437,21 @@ def test_an_image_nbic_packs_from_the_spec_list_boots_with_all_names(tmp_path, k
     image = tmp_path / "packed.cpio.zst"
     nbic("pack", "--spec", spec, "-o", image, env={"NBIC_ROOT": str(root)})
     _boot_checks_links(image, kernel)
+
+
+def test_emit_spec_escapes_rootfs_names_with_a_variable_in_them(tmp_path):
+    from nbic.cpio.spec import parse_spec
+    from nbic.tree import DirTree, TarTree
+
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/${HOME}").write_text("x")
+    tar = tmp_path / "rootfs.tar"
+    import tarfile
+    with tarfile.open(tar, "w") as archive:
+        archive.add(root, arcname=".")
+    for tree in (DirTree(root), TarTree(tar)):
+        location = tree.location("etc/${HOME}")
+        item = parse_spec(f"file /x {location} 0644 0 0",
+                          env={"NBIC_ROOT": "/r", "HOME": "/home"})[0]
+        assert item.location.endswith("etc/${HOME}"), item.location
