@@ -67,7 +67,7 @@ def _mounts(spec: SessionSpec) -> None:
     mount("overlay", ROOTFS, "overlay", 0, f"lowerdir={CACHE_ROOTFS},"
           f"upperdir={SESSION_DIR}/upper,workdir={SESSION_DIR}/work")
     for target, fstype, source, flags in (
-            ("proc", "proc", "proc", 0), ("sys", "sysfs", "sysfs", 0),
+            ("proc", "proc", "proc", 0), ("sys", "sysfs", "sysfs", MS_RDONLY),
             ("dev", None, "/dev", MS_BIND | MS_REC)):
         path = f"{ROOTFS}/{target}"
         if os.path.islink(path):

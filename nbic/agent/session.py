@@ -10,6 +10,7 @@ drained knowing no process will open anything more.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import signal
@@ -29,6 +30,8 @@ def session_environment(term: str) -> dict[str, str]:
 def run(argv: list[str], env: dict[str, str], *, chroot_dir: str | None) -> int:
     """Run argv (chrooted into chroot_dir if given) and return its exit status
     as a shell reports it (128 + signal number when killed)."""
+    if os.isatty(0):
+        _release_terminal()
     pid = os.fork()
     if pid == 0:
         _child(argv, env, chroot_dir)
@@ -56,11 +59,26 @@ def run(argv: list[str], env: dict[str, str], *, chroot_dir: str | None) -> int:
         128 + os.WTERMSIG(status)
 
 
+def _release_terminal() -> None:
+    """Give up the controlling terminal so the session can take it: stealing it
+    (TIOCSCTTY with force) needs CAP_SYS_ADMIN in the host's user namespace,
+    which a rootless container lacks (EPERM). The SIGHUP this sends to PID 1's
+    own process group is ignored."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        fcntl.ioctl(0, termios.TIOCNOTTY)
+    except OSError as exc:
+        if exc.errno != errno.ENOTTY:  # not ours to give up: nothing to do
+            raise
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 def _child(argv: list[str], env: dict[str, str], chroot_dir: str | None) -> None:
     try:
         os.setsid()
         if os.isatty(0):
-            fcntl.ioctl(0, termios.TIOCSCTTY, 1)  # take it from PID 1
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # PID 1 released it
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
         if chroot_dir:
