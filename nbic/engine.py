@@ -8,10 +8,12 @@ never pass this module: they become EngineError with a hint at the cause.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import logging
+import os
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +30,11 @@ from nbic.errors import NbicError
 log = logging.getLogger("nbic")
 
 BUILDER_REPOSITORY = "nbic-builder"
+# Pinned, so no /version round trip is paid per run: the highest version Docker
+# 20.10 (Debian 12's) serves, which Docker 28 and Podman 4's compat API accept.
+API_VERSION = "1.41"
 LABEL = "nbic"  # every container and volume nbic makes carries it
+
 # What the agent needs: mounts (overlay, proc, sysfs), fanotify, chroot, ptrace.
 # Not `privileged`: some hosts cannot grant every capability (a bounding set
 # without CAP_SYS_RESOURCE makes Docker refuse privileged containers), so ask
@@ -71,22 +77,64 @@ def _failures() -> tuple[type[BaseException], ...]:
 
 
 class EngineError(NbicError):
-    """Docker is unreachable, refused something, or a container failed."""
+    """The engine is unreachable, refused something, or a container failed."""
+
+
+# --- errors, classified by cause ----------------------------------------------
+
+# The engine's socket is not there or nothing listens on it.
+UNREACHABLE = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED,
+                         errno.ENOTSOCK, errno.EPIPE, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                         errno.ETIMEDOUT})
+DENIED = frozenset({errno.EACCES, errno.EPERM})
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+UNREACHABLE_HINT = (
+    "start Docker (socket /var/run/docker.sock; rootless: $XDG_RUNTIME_DIR/docker.sock) "
+    "or Podman (`podman system service`; socket /run/podman/podman.sock, rootless: "
+    "$XDG_RUNTIME_DIR/podman/podman.sock), and set DOCKER_HOST=unix://SOCKET "
+    "unless it is Docker's default")
+
+
+def engine_address() -> str:
+    return os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+
+
+def os_error(exc: BaseException) -> OSError | None:
+    """The OSError with an errno behind an SDK failure: requests' ConnectionError
+    wraps urllib3's errors, which wrap the socket's OSError (in args, reason,
+    __cause__ or __context__)."""
+    pending, seen = [exc], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno is not None:
+            return current
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None),
+                  *getattr(current, "args", ())]
+        pending.extend(item for item in linked if isinstance(item, BaseException))
+    return None
 
 
 def _explain(exc: BaseException) -> str:
-    text = str(exc)
-    if isinstance(exc, _sdk().errors.APIError) and exc.explanation:
-        text = str(exc.explanation)
-    lowered = text.lower()
-    if "permission denied" in lowered and "docker.sock" in lowered:
-        return (f"{text}: no permission to use Docker; add your user to the 'docker' group "
-                "or use rootless Docker")
-    if any(word in lowered for word in ("connection refused", "no such file or directory",
-                                        "connection aborted", "error while fetching server")):
-        return (f"cannot reach the Docker engine ({text.splitlines()[0]}); start it "
-                "(e.g. `sudo systemctl start docker`) or set DOCKER_HOST")
-    return text
+    """One line on what went wrong, chosen by the failure's type, HTTP status or
+    errno (an engine's message text is shown, never interpreted)."""
+    if isinstance(exc, _sdk().errors.APIError):
+        detail = str(exc.explanation or exc).strip()
+        return f"the engine refused ({exc.status_code}): {detail}"
+    cause = os_error(exc)
+    if cause is not None and cause.errno in UNREACHABLE:
+        return (f"cannot reach the container engine at {engine_address()} "
+                f"({os.strerror(cause.errno)}); {UNREACHABLE_HINT}")
+    if cause is not None and cause.errno in DENIED:
+        return (f"no permission to use the container engine at {engine_address()} "
+                f"({os.strerror(cause.errno)}); add your user to the 'docker' group, or use "
+                "rootless Docker or Podman (DOCKER_HOST=unix://$XDG_RUNTIME_DIR/docker.sock "
+                "or .../podman/podman.sock)")
+    if cause is not None:
+        return f"{exc.__class__.__name__}: {os.strerror(cause.errno)} ({engine_address()})"
+    return str(exc) or exc.__class__.__name__
 
 
 @contextmanager
@@ -99,8 +147,8 @@ def docker_errors(what: str) -> Iterator[None]:
 
 def connect() -> docker.DockerClient:
     """A client for the engine named by the environment (DOCKER_HOST or the socket)."""
-    with docker_errors("Docker"):
-        client = _sdk().from_env(timeout=600)
+    with docker_errors("container engine"):
+        client = _sdk().from_env(version=API_VERSION, timeout=600)
         client.ping()
     return client
 
@@ -181,7 +229,7 @@ def remove_container(created: Any) -> None:
     except _sdk().errors.NotFound:
         pass
     except _failures() as exc:
-        log.warning("could not remove container %s: %s", created.short_id, _explain(exc))
+        log.warning("could not remove container %s: %s", created.id[:12], _explain(exc))
 
 
 def start(created: Any, what: str) -> None:

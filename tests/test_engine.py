@@ -1,0 +1,132 @@
+"""nbic.engine: errors by cause, and the pinned API version."""
+
+import errno
+import http.server
+import socket
+import socketserver
+import threading
+
+import docker
+import pytest
+import requests
+
+from nbic import engine
+
+# --- the API version: pinned, no negotiation ------------------------------------
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """A stand-in engine that answers every GET and records the paths asked."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self.server.paths.append(self.path)
+        body = b"OK" if self.path.endswith("/_ping") else b"[]"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain" if body == b"OK" else "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args):
+        pass
+
+
+class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def get_request(self):
+        request, _ = super().get_request()
+        return request, ("local", 0)  # BaseHTTPRequestHandler wants a (host, port)
+
+
+@pytest.fixture
+def recording_engine(tmp_path, monkeypatch):
+    path = tmp_path / "engine.sock"
+    server = _UnixServer(str(path), _Recorder)
+    server.paths = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+    try:
+        yield server.paths
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_no_version_round_trip(recording_engine):
+    client = engine.connect()
+    client.containers.list(all=True, sparse=True)
+    # A ping, then the call itself; never GET /version.
+    assert [path.partition("?")[0] for path in recording_engine] == [
+        f"/v{engine.API_VERSION}/_ping", f"/v{engine.API_VERSION}/containers/json"]
+
+
+# --- errors by cause ---------------------------------------------------------------
+
+def _connect_error(monkeypatch, host: str) -> engine.EngineError:
+    monkeypatch.setenv("DOCKER_HOST", host)
+    with pytest.raises(engine.EngineError) as caught:
+        engine.connect()
+    return caught.value
+
+
+def _says_where_engines_listen(message: str) -> None:
+    for place in ("/var/run/docker.sock", "$XDG_RUNTIME_DIR/docker.sock",
+                  "$XDG_RUNTIME_DIR/podman/podman.sock", "/run/podman/podman.sock",
+                  "DOCKER_HOST"):
+        assert place in message, place
+
+
+def test_no_socket_is_an_unreachable_engine(monkeypatch, tmp_path):
+    error = _connect_error(monkeypatch, f"unix://{tmp_path}/none.sock")
+    assert engine.os_error(error.__cause__).errno == errno.ENOENT
+    assert str(error).startswith(f"container engine: cannot reach the container engine at "
+                                 f"unix://{tmp_path}/none.sock (No such file or directory)")
+    _says_where_engines_listen(str(error))
+
+
+def test_a_socket_nobody_listens_on_is_an_unreachable_engine(monkeypatch, tmp_path):
+    path = tmp_path / "deaf.sock"
+    deaf = socket.socket(socket.AF_UNIX)
+    deaf.bind(str(path))  # bound, never listening: ECONNREFUSED
+    try:
+        error = _connect_error(monkeypatch, f"unix://{path}")
+    finally:
+        deaf.close()
+    assert engine.os_error(error.__cause__).errno == errno.ECONNREFUSED
+    assert "cannot reach the container engine" in str(error)
+    _says_where_engines_listen(str(error))
+
+
+def test_an_engine_refusal_is_never_read_as_unreachable():
+    # The message that once chose the "cannot reach" hint by its words: a
+    # rootless engine refusing a tar's device node.
+    response = requests.Response()
+    response.status_code = 500
+    refusal = docker.errors.APIError(
+        "500 Server Error", response=response,
+        explanation="Error processing tar file(exit status 1): lchown /import/rootfs/dev/full: "
+                    "no such file or directory")
+    explained = engine._explain(refusal)
+    assert explained.startswith("the engine refused (500): Error processing tar file")
+    assert "cannot reach" not in explained
+
+
+def test_the_errno_is_found_through_the_http_stack():
+    import urllib3.exceptions
+
+    cause = PermissionError(errno.EACCES, "Permission denied")
+    wrapped = requests.exceptions.ConnectionError(
+        urllib3.exceptions.ProtocolError("Connection aborted.", cause))
+    assert engine.os_error(wrapped) is cause
+    assert engine._explain(wrapped).startswith("no permission to use the container engine")
+
+
+def test_a_real_refusal_names_what_failed(docker_engine):
+    with engine.container(docker_engine, "debian:bookworm", ["true"], role="test") as created, \
+            pytest.raises(engine.EngineError) as caught:
+        engine.put_stream(created, "/no/such/dir", iter([b"\0" * 1024]), "importing a test")
+    assert str(caught.value).startswith("importing a test: the engine refused (404)")
