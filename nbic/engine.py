@@ -35,13 +35,25 @@ BUILDER_REPOSITORY = "nbic-builder"
 API_VERSION = "1.41"
 LABEL = "nbic"  # every container and volume nbic makes carries it
 
-# What the agent needs: mounts (overlay, proc, sysfs), fanotify, chroot, ptrace.
-# Not `privileged`: some hosts cannot grant every capability (a bounding set
-# without CAP_SYS_RESOURCE makes Docker refuse privileged containers), so ask
-# for all but that one.
+# What the agent and a session need, and nothing more: mounts (overlay, proc,
+# sysfs, tmpfs, binds) and fanotify (SYS_ADMIN), chroot, ptrace for strace, and
+# what a root session does in a rootfs (dpkg/apt: ownership, modes, setuid
+# helpers, file capabilities; device nodes; signals to its own daemons; login
+# tools that audit; daemons on low ports). Not, among others: SYS_MODULE,
+# SYS_RAWIO, SYS_TIME, SYS_BOOT, SYS_RESOURCE, SYS_NICE, NET_ADMIN, NET_RAW,
+# MAC_ADMIN, SYSLOG, BPF, SETPCAP (nor `privileged`, which some hosts refuse).
+AGENT_CAPABILITIES = (
+    "SYS_ADMIN", "SYS_CHROOT", "SYS_PTRACE",
+    "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETUID", "SETGID", "SETFCAP",
+    "MKNOD", "KILL", "AUDIT_WRITE", "NET_BIND_SERVICE",
+)
+# AppArmor's docker-default profile forbids mount(2) outright, which the agent
+# needs; the capabilities above are the boundary. Seccomp stays unconfined too:
+# the engines' default profiles differ (Podman's and Docker's) in what they let
+# through for a CAP_SYS_ADMIN holder.
 AGENT_PRIVILEGES: dict[str, Any] = {
-    "cap_add": ["ALL"],
-    "cap_drop": ["SYS_RESOURCE"],
+    "cap_drop": ["ALL"],
+    "cap_add": list(AGENT_CAPABILITIES),
     "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
 }
 

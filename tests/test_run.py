@@ -350,3 +350,35 @@ def test_rootfs_cache_commands(docker_engine, tmp_path):
     assert volume not in nbic("rootfs", "ls").stdout
     missing = nbic("rootfs", "rm", volume, check=False)
     assert missing.returncode == 1 and "no cached rootfs" in missing.stderr
+
+
+# Capability numbers (linux/capability.h).
+CAP = {"NET_ADMIN": 12, "SYS_MODULE": 16, "SYS_RAWIO": 17, "SYS_CHROOT": 18, "SYS_PTRACE": 19,
+       "SYS_ADMIN": 21, "SYS_BOOT": 22, "SYS_RESOURCE": 24, "SYS_TIME": 25, "MAC_ADMIN": 33,
+       "SYSLOG": 34, "MKNOD": 27, "NET_RAW": 13, "BPF": 39}
+
+
+def test_a_session_cannot_reach_the_host_kernel(docker_engine, rootfs_tar, tmp_path):
+    # A static program (the rootfs has no compiler, nor python) as the session;
+    # tests/privileges.c says why each check is harmless even if it were not refused.
+    program = tmp_path / "privileges"
+    subprocess.run(["gcc", "-static", "-O2", "-o", program, REPO / "tests/privileges.c"],
+                   check=True)
+    result = nbic("run", "--rootfs", rootfs_tar, "--script", program, "-o",
+                  tmp_path / "privileges.cpio")
+    report = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
+    held = int(report["CapEff"], 16)
+    for name in ("SYS_MODULE", "SYS_RAWIO", "SYS_BOOT", "SYS_TIME", "SYS_RESOURCE",
+                 "NET_ADMIN", "NET_RAW", "MAC_ADMIN", "SYSLOG", "BPF"):
+        assert not held & 1 << CAP[name], name
+    for name in ("SYS_ADMIN", "SYS_CHROOT", "SYS_PTRACE", "MKNOD"):
+        assert held & 1 << CAP[name], name
+    # Without module support in the kernel, init_module is ENOSYS for everyone.
+    assert report["init_module"] == ("EPERM" if os.path.exists("/proc/modules") else "ENOSYS")
+    assert report["clock_settime"] == "EPERM"
+    assert report["date -s"] != "exit 0"
+    assert report["reboot"] == "EPERM"
+    # The agent binds /dev/null over it, where the kernel has one.
+    assert report["sysrq-trigger"] == (
+        "/dev/null" if os.path.exists("/proc/sysrq-trigger") else "ENOENT")
+    assert report["/proc/sys"] == "read-only"
