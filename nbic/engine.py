@@ -9,14 +9,17 @@ never pass this module: they become EngineError with a hint at the cause.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import io
 import json
 import logging
 import os
+import socket
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -222,11 +225,107 @@ def builder_image(client: docker.DockerClient) -> str:
 
 # --- containers ---------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Owner:
+    """The nbic process that made a container, as labels on it: enough to tell,
+    from the same host, whether that process is gone (a reused pid has another
+    start time), and never to mistake a container of another host for ours."""
+
+    host: str  # hostname
+    machine: str  # /etc/machine-id: the same hostname on two machines differs here
+    boot: str  # boot id: pids and start times mean something only within one boot
+    pidns: str  # the pid namespace the pid is in
+    pid: int
+    started: str  # field 22 of /proc/PID/stat: clock ticks after boot
+    uid: int
+
+    def labels(self) -> dict[str, str]:
+        return {f"{LABEL}.{item.name}": str(getattr(self, item.name)) for item in fields(self)}
+
+    @classmethod
+    def from_labels(cls, labels: dict[str, str]) -> Owner | None:
+        try:
+            values = {item.name: labels[f"{LABEL}.{item.name}"] for item in fields(cls)}
+            return cls(**{**values, "pid": int(values["pid"]), "uid": int(values["uid"])})
+        except (KeyError, ValueError):
+            return None  # not made by a run that labels its owner
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as stream:
+            return stream.read().strip()
+    except OSError:
+        return ""
+
+
+def _process_state(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of a process, None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as stream:
+            after_name = stream.read().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return None
+    return after_name[0], after_name[19]  # fields 3 and 22
+
+
+@functools.cache
+def current_owner() -> Owner:
+    pid = os.getpid()
+    state = _process_state(pid)
+    return Owner(host=socket.gethostname(), machine=_read("/etc/machine-id"),
+                 boot=_read("/proc/sys/kernel/random/boot_id"),
+                 pidns=str(os.stat("/proc/self/ns/pid").st_ino), pid=pid,
+                 started=state[1] if state else "", uid=os.getuid())
+
+
+def _owner_gone(owner: Owner, me: Owner) -> bool:
+    """Whether the run that made a container has certainly ended."""
+    if (owner.host, owner.machine) != (me.host, me.machine):
+        return False  # another host's run: its processes cannot be seen from here
+    if owner.boot != me.boot:
+        return True  # an earlier boot of this machine
+    if owner.pidns != me.pidns:
+        return False  # another pid namespace: its pids mean nothing here
+    state = _process_state(owner.pid)
+    if state is None:
+        try:
+            os.kill(owner.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False  # alive, though /proc hides it (hidepid): keep its container
+    status, started = state
+    return started != owner.started or status in ("Z", "X")  # pid reused, or a corpse
+
+
+def remove_stale_containers(client: docker.DockerClient) -> list[str]:
+    """Remove the containers of nbic runs on this host whose process is gone
+    (killed outright: no cleanup of theirs ran). A live run's container, or one
+    from another host, is never touched. Returns the ids removed."""
+    me = current_owner()
+    with docker_errors("listing nbic's containers"):
+        # sparse: the list alone carries the labels; no inspect per container.
+        found = client.containers.list(all=True, sparse=True, filters={
+            "label": [f"{LABEL}.pid", f"{LABEL}.host={me.host}"]})
+    removed = []
+    for item in found:
+        owner = Owner.from_labels(item.attrs.get("Labels") or {})
+        if owner is not None and _owner_gone(owner, me):
+            remove_container(item)
+            removed.append(item.id)
+    if removed:
+        log.info("removed %d container(s) left by nbic runs that were killed", len(removed))
+    return removed
+
+
 @contextmanager
 def container(client: docker.DockerClient, image: str, command: list[str], *,
               role: str, **options: Any) -> Iterator[Any]:
-    """A created (not started) container, removed with force on every exit."""
-    labels = {LABEL: role, **options.pop("labels", {})}
+    """A created (not started) container, labelled with its role and the nbic
+    process that owns it, removed with force on every exit."""
+    labels = {LABEL: role, **current_owner().labels(), **options.pop("labels", {})}
     with docker_errors(f"creating the {role} container"):
         created = client.containers.create(image, command, labels=labels, **options)
     try:

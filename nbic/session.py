@@ -120,6 +120,7 @@ def run_session(config: RunConfig) -> RunResult:
     compression = config.compression or compression_for_path(config.output)
     with _signals_interrupt():
         client = engine.connect()
+        engine.remove_stale_containers(client)  # of runs killed outright (kill -9)
         builder = engine.builder_image(client)
         volume = rootfs.ensure(client, source, builder)
         with engine.container(

@@ -1,10 +1,16 @@
-"""nbic.engine: errors by cause, and the pinned API version."""
+"""nbic.engine: errors by cause, the pinned API version, and the containers of
+runs killed outright (labels naming their process, removed by the next run)."""
 
+import contextlib
 import errno
 import http.server
+import os
 import socket
 import socketserver
+import subprocess
 import threading
+import uuid
+from dataclasses import replace
 
 import docker
 import pytest
@@ -58,8 +64,8 @@ def recording_engine(tmp_path, monkeypatch):
 
 def test_no_version_round_trip(recording_engine):
     client = engine.connect()
-    client.containers.list(all=True, sparse=True)
-    # A ping, then the call itself; never GET /version.
+    engine.remove_stale_containers(client)
+    # A ping, then one list (sparse: no inspect per container); never GET /version.
     assert [path.partition("?")[0] for path in recording_engine] == [
         f"/v{engine.API_VERSION}/_ping", f"/v{engine.API_VERSION}/containers/json"]
 
@@ -130,3 +136,61 @@ def test_a_real_refusal_names_what_failed(docker_engine):
             pytest.raises(engine.EngineError) as caught:
         engine.put_stream(created, "/no/such/dir", iter([b"\0" * 1024]), "importing a test")
     assert str(caught.value).startswith("importing a test: the engine refused (404)")
+
+
+# --- runs killed outright: their containers ---------------------------------------
+
+def _dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_owner_labels_round_trip():
+    me = engine.current_owner()
+    assert me.pid == os.getpid() and me.uid == os.getuid() and me.started
+    assert engine.Owner.from_labels(me.labels()) == me
+    assert engine.Owner.from_labels({"nbic": "session"}) is None
+
+
+def test_which_owners_are_gone():
+    me = engine.current_owner()
+    init = engine._process_state(1)[1]
+    alive = replace(me, pid=1, started=init)
+    assert not engine._owner_gone(me, me)
+    assert not engine._owner_gone(alive, me)
+    assert engine._owner_gone(replace(alive, started=str(int(init) + 1)), me)  # pid reused
+    assert engine._owner_gone(replace(me, pid=_dead_pid()), me)
+    assert engine._owner_gone(replace(alive, boot="an-earlier-boot"), me)
+    # Another host, or another pid namespace: nothing can be known, nothing is touched.
+    assert not engine._owner_gone(replace(me, pid=_dead_pid(), host="elsewhere"), me)
+    assert not engine._owner_gone(replace(me, pid=_dead_pid(), machine="0" * 32), me)
+    assert not engine._owner_gone(replace(me, pid=_dead_pid(), pidns="1"), me)
+
+
+def test_stale_containers_are_removed_and_no_other(docker_engine):
+    me = engine.current_owner()
+    init = engine._process_state(1)[1]
+    dead = _dead_pid()
+    owners = {
+        "dead": (replace(me, pid=dead), True),
+        "reused-pid": (replace(me, pid=1, started=str(int(init) + 1)), True),
+        "earlier-boot": (replace(me, pid=1, started=init, boot="an-earlier-boot"), True),
+        "live": (replace(me, pid=1, started=init), False),
+        "this-run": (me, False),
+        "other-host": (replace(me, pid=dead, host=f"elsewhere-{uuid.uuid4().hex[:8]}"), False),
+    }
+    # The other host's container is only found by a list under its own host label.
+    made = {name: docker_engine.containers.create(
+                "debian:bookworm", ["true"], labels={engine.LABEL: "test", **owner.labels()})
+            for name, (owner, _) in owners.items()}
+    try:
+        removed = set(engine.remove_stale_containers(docker_engine))
+        for name, (_, stale) in owners.items():
+            assert (made[name].id in removed) is stale, name
+            if not stale:
+                docker_engine.containers.get(made[name].id)  # still there
+    finally:
+        for created in made.values():
+            with contextlib.suppress(docker.errors.NotFound):
+                created.remove(force=True)
