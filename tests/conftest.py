@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["docker_fixtures"]  # docker_engine and the pytest-docker overrides
+# docker_engine and the pytest-docker overrides; the engine matrix (engine fixture)
+pytest_plugins = ["docker_fixtures", "engine_matrix"]
 
 
 def _env_path(name: str, *, want_dir: bool = False) -> Path:
