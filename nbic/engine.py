@@ -162,7 +162,7 @@ def docker_errors(what: str) -> Iterator[None]:
 
 def connect() -> docker.DockerClient:
     """A client for the engine named by the environment (DOCKER_HOST or the socket)."""
-    with docker_errors("container engine"):
+    with docker_errors("connecting"):
         client = _sdk().from_env(version=API_VERSION, timeout=600)
         client.ping()
     return client

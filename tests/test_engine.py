@@ -89,7 +89,7 @@ def _says_where_engines_listen(message: str) -> None:
 def test_no_socket_is_an_unreachable_engine(monkeypatch, tmp_path):
     error = _connect_error(monkeypatch, f"unix://{tmp_path}/none.sock")
     assert engine.os_error(error.__cause__).errno == errno.ENOENT
-    assert str(error).startswith(f"container engine: cannot reach the container engine at "
+    assert str(error).startswith(f"connecting: cannot reach the container engine at "
                                  f"unix://{tmp_path}/none.sock (No such file or directory)")
     _says_where_engines_listen(str(error))
 
