@@ -19,9 +19,10 @@ log = logging.getLogger("nbic")
 
 
 def _stages() -> dict[str, ModuleType]:
-    from nbic import boot, pack, rootfs, session
+    from nbic import boot, gc, pack, rootfs, run, verify
 
-    return {"run": session, "pack": pack, "boot": boot, "rootfs": rootfs}
+    return {"run": run, "pack": pack, "verify": verify, "boot": boot, "rootfs": rootfs,
+            "gc": gc}
 
 
 def _tools() -> dict:

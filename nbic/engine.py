@@ -8,6 +8,8 @@ never pass this module: they become EngineError with a hint at the cause.
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import errno
 import functools
 import hashlib
@@ -17,6 +19,7 @@ import logging
 import os
 import socket
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -26,7 +29,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 if TYPE_CHECKING:
     import docker
 
-from nbic import __version__
 from nbic.cpio.source import ChunkReader
 from nbic.errors import NbicError
 
@@ -61,19 +63,8 @@ AGENT_PRIVILEGES: dict[str, Any] = {
 }
 
 
-# A seccomp profile that refuses fanotify_init with EPERM, as rootless Docker
-# does: lets the ptrace fallback be exercised on any host.
-DENY_FANOTIFY_PROFILE = json.dumps({
-    "defaultAction": "SCMP_ACT_ALLOW",
-    "syscalls": [{"names": ["fanotify_init"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
-})
-
-
-def agent_privileges(*, deny_fanotify: bool = False) -> dict[str, Any]:
-    if not deny_fanotify:
-        return dict(AGENT_PRIVILEGES)
-    return {**AGENT_PRIVILEGES,
-            "security_opt": [f"seccomp={DENY_FANOTIFY_PROFILE}", "apparmor=unconfined"]}
+def agent_privileges() -> dict[str, Any]:
+    return dict(AGENT_PRIVILEGES)
 
 
 def _sdk():
@@ -174,16 +165,91 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 DOCKERFILE = PACKAGE_DIR / "builder" / "Dockerfile"
 
 
+AGENT_MODULE = "nbic.agent.__main__"
+
+
+def agent_files() -> list[Path]:
+    """The package's files that the container runs: the agent, every nbic module
+    it imports (at any depth, also inside functions), and their packages'
+    __init__ files. Host-only code is not among them."""
+    root = PACKAGE_DIR.parent
+    found: dict[Path, None] = {}
+    pending = [AGENT_MODULE]
+    while pending:
+        module = pending.pop()
+        path = _module_file(root, module)
+        if path is None or path in found:
+            continue
+        found[path] = None
+        parts = module.split(".")
+        pending.extend(".".join(parts[:depth]) for depth in range(1, len(parts)))
+        pending.extend(_nbic_imports(path))
+    return sorted(found)
+
+
+def _module_file(root: Path, module: str) -> Path | None:
+    base = root.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _nbic_imports(path: Path) -> Iterator[str]:
+    for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names if alias.name.startswith("nbic"))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nbic"):
+            yield node.module or ""
+            # `from nbic import elf` names a module; `from nbic.x import y`, maybe one.
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
 def _context_files() -> list[tuple[str, Path]]:
-    files = [("Dockerfile", DOCKERFILE)]
-    for path in sorted(PACKAGE_DIR.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-            files.append(("nbic/" + path.relative_to(PACKAGE_DIR).as_posix(), path))
-    return files
+    root = PACKAGE_DIR.parent
+    return [("Dockerfile", DOCKERFILE),
+            *((path.relative_to(root).as_posix(), path) for path in agent_files())]
+
+
+def _context_digest() -> str:
+    digest = hashlib.sha256()
+    for name, path in _context_files():
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def builder_tag() -> str:
+    """The builder image's tag: the digest of its context. Remembered per state of
+    the package's files (their sizes and mtimes), as finding what the agent
+    imports costs more than a warm run can spare."""
+    state = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        info = path.stat()
+        state.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
+    state.update(DOCKERFILE.read_bytes())
+    key = state.hexdigest()
+    store = _cache_dir() / "builder-tags.json"
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known = dict(list(known.items())[-15:]) | {key: _context_digest()}
+        with contextlib.suppress(OSError):
+            store.parent.mkdir(parents=True, exist_ok=True)
+            temporary = store.with_name(f".{store.name}.{os.getpid()}")
+            temporary.write_text(json.dumps(known))
+            os.replace(temporary, store)
+    return f"{BUILDER_REPOSITORY}:{known[key][:16]}"
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nbic"
 
 
 def builder_context() -> tuple[bytes, str]:
-    """The build context (Dockerfile + the installed nbic package) and its digest.
+    """The build context (Dockerfile + the agent's files from the installed nbic
+    package) and its digest: the image changes only when what it runs changes.
 
     Built from the package itself, so an installed wheel builds its own image.
     """
@@ -200,17 +266,18 @@ def builder_context() -> tuple[bytes, str]:
 
 
 def builder_image(client: docker.DockerClient) -> str:
-    """The builder image's tag, building it on first use (tagged by nbic's version
-    and the digest of its context, so a changed agent gets a new image)."""
-    context, digest = builder_context()
-    tag = f"{BUILDER_REPOSITORY}:{__version__}-{digest[:12]}"
+    """The builder image's tag, building it on first use (tagged by the digest of
+    its context, so a changed agent gets a new image and nothing else does)."""
+    tag = builder_tag()
     with docker_errors("looking up the builder image"):
         try:
             client.images.get(tag)
             return tag
         except _sdk().errors.ImageNotFound:
             pass
-    log.info("building the builder image %s (once per nbic version)", tag)
+    log.info("building the builder image %s (once per version of the agent)", tag)
+    context, digest = builder_context()
+    tag = f"{BUILDER_REPOSITORY}:{digest[:16]}"
     try:
         client.images.build(fileobj=io.BytesIO(context), custom_context=True, tag=tag,
                             rm=True, forcerm=True, labels={LABEL: "builder"})
@@ -300,21 +367,26 @@ def _owner_gone(owner: Owner, me: Owner) -> bool:
     return started != owner.started or status in ("Z", "X")  # pid reused, or a corpse
 
 
-def remove_stale_containers(client: docker.DockerClient) -> list[str]:
-    """Remove the containers of nbic runs on this host whose process is gone
-    (killed outright: no cleanup of theirs ran). A live run's container, or one
-    from another host, is never touched. Returns the ids removed."""
+def stale_containers(client: docker.DockerClient) -> list[tuple[Any, Owner]]:
+    """The containers of nbic runs on this host whose process is gone (killed
+    outright: no cleanup of theirs ran), with their owners. A live run's
+    container, or one from another host, is never among them."""
     me = current_owner()
     with docker_errors("listing nbic's containers"):
         # sparse: the list alone carries the labels; no inspect per container.
         found = client.containers.list(all=True, sparse=True, filters={
             "label": [f"{LABEL}.pid", f"{LABEL}.host={me.host}"]})
+    owned = ((item, Owner.from_labels(item.attrs.get("Labels") or {})) for item in found)
+    return [(item, owner) for item, owner in owned
+            if owner is not None and _owner_gone(owner, me)]
+
+
+def remove_stale_containers(client: docker.DockerClient) -> list[str]:
+    """Remove the stale_containers(); returns their ids."""
     removed = []
-    for item in found:
-        owner = Owner.from_labels(item.attrs.get("Labels") or {})
-        if owner is not None and _owner_gone(owner, me):
-            remove_container(item)
-            removed.append(item.id)
+    for item, _owner in stale_containers(client):
+        remove_container(item)
+        removed.append(item.id)
     if removed:
         log.info("removed %d container(s) left by nbic runs that were killed", len(removed))
     return removed
@@ -391,15 +463,35 @@ def fetch_file(created: Any, path: str) -> Iterator[BinaryIO]:
     raise EngineError(f"{path} is not a file in the container")
 
 
-def put_files(created: Any, directory: str, files: dict[str, bytes]) -> None:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o755
-            archive.addfile(info, io.BytesIO(data))
-    with docker_errors(f"copying into {directory}"):
-        created.put_archive(directory, buffer.getvalue())
+def put_files(created: Any, directory: str, files: dict[str, Path]) -> None:
+    """Copy host files into a created container, under `directory` by the given
+    names, with their modes and mtimes; the archive is spooled on disk."""
+    base = directory.strip("/")
+    with tempfile.TemporaryFile() as spool:
+        with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT) as archive:
+            parents = sorted({f"{base}/{name}".rsplit("/", 1)[0] for name in files})
+            for parent in sorted({p for d in parents for p in _prefixes(d)}):
+                info = tarfile.TarInfo(parent)
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                archive.addfile(info)
+            for name, path in files.items():
+                try:
+                    with open(path, "rb") as data:
+                        info = archive.gettarinfo(fileobj=data, arcname=f"{base}/{name}")
+                        info.uid = info.gid = 0
+                        info.uname = info.gname = ""
+                        archive.addfile(info, data)
+                except OSError as exc:
+                    raise EngineError(f"cannot read {path}: {exc.strerror}") from None
+        spool.seek(0)
+        with docker_errors(f"copying into {directory}"):
+            if not created.put_archive("/", spool):
+                raise EngineError(f"copying into {directory}: the engine refused the archive")
+
+
+def _prefixes(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:index]) for index in range(1, len(parts) + 1)]
 
 
 # --- volumes and images -------------------------------------------------------
@@ -412,9 +504,10 @@ def find_volume(client: docker.DockerClient, name: str) -> Any | None:
             return None
 
 
-def create_volume(client: docker.DockerClient, name: str, labels: dict[str, str]) -> Any:
+def create_volume(client: docker.DockerClient, name: str, labels: dict[str, str], *,
+                  role: str = "rootfs") -> Any:
     with docker_errors(f"creating volume {name}"):
-        return client.volumes.create(name, labels={LABEL: "rootfs", **labels})
+        return client.volumes.create(name, labels={LABEL: role, **labels})
 
 
 def remove_volume(volume: Any) -> None:
@@ -485,3 +578,26 @@ def output(created: Any) -> Iterator[tuple[bytes | None, bytes | None]]:
 def wait(created: Any) -> int:
     with docker_errors("waiting for the session"):
         return int(created.wait()["StatusCode"])
+
+
+def volume_in_use(client: docker.DockerClient, name: str) -> bool:
+    """Whether any container, running or not, mounts the volume."""
+    with docker_errors(f"looking up the users of volume {name}"):
+        return bool(client.containers.list(all=True, filters={"volume": name}))
+
+
+def list_images(client: docker.DockerClient, role: str) -> list[Any]:
+    with docker_errors("listing images"):
+        return client.images.list(filters={"label": f"{LABEL}={role}"})
+
+
+def remove_image(client: docker.DockerClient, image: Any) -> None:
+    """Remove an image nbic built, unless a container still uses it."""
+    try:
+        client.images.remove(image.id, noprune=False)
+    except _sdk().errors.NotFound:
+        pass
+    except _sdk().errors.APIError as exc:
+        if exc.status_code != 409:  # 409 Conflict: a container uses it
+            raise EngineError(f"removing image {image.short_id}: {_explain(exc)}") from exc
+        log.info("image %s is in use: kept", image.short_id)

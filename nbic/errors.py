@@ -17,6 +17,10 @@ class FormatError(NbicError):
         super().__init__(message)
 
 
+class ElfError(FormatError):
+    """A program or library in the rootfs has malformed ELF headers; the message names it."""
+
+
 class CompressionError(FormatError):
     """A compressed segment could not be decoded, or a setting is not kernel-safe."""
 

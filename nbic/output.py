@@ -4,6 +4,7 @@ the last stage of every image nbic makes: archive, compressor, file."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -13,7 +14,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from nbic.cpio.archive import ArchiveStats, Member, write_archive
-from nbic.cpio.compress import CompressionSpec, compressed_writer
+from nbic.cpio.compress import (
+    CompressionSpec,
+    compressed_writer,
+    compression_for_path,
+    parse_compression,
+)
 from nbic.errors import NbicError
 
 
@@ -50,13 +56,22 @@ def _umask() -> int:
 
 
 def write_image(path: str | Path, members: Iterable[Member], compression: CompressionSpec, *,
-                epoch: int | None, presorted: bool = False
-                ) -> tuple[ArchiveStats, int | None]:
+                epoch: int | None) -> tuple[ArchiveStats, int | None]:
     """Write members as one compressed newc image; returns the archive's stats and
     the image's size in bytes (None on standard output)."""
     with atomic_output(path) as raw:
         with compressed_writer(raw, compression) as stream:
-            stats = write_archive(stream, members, epoch=epoch, presorted=presorted)
+            stats = write_archive(stream, members, epoch=epoch)
         raw.flush()
         size = raw.tell() if raw.seekable() else None
     return stats, size
+
+
+def add_compression_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compress", metavar="NAME[:LEVEL]",
+                        help="zstd, gzip, xz, lz4 or none; default: by the output's suffix "
+                        "(.zst, .gz, .xz, .lz4; else none)")
+
+
+def compression_from_args(args: argparse.Namespace, output: str) -> CompressionSpec:
+    return parse_compression(args.compress) if args.compress else compression_for_path(output)

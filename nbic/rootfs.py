@@ -136,35 +136,84 @@ def _digest_store() -> Path:
     return Path(base) / "nbic" / "digests.json"
 
 
-def _tar_digest(path: str) -> str:
-    """The digest of a tar's (decompressed) stream, remembered per file identity:
-    hashing a 200 MB tar on every run would cost more than the run itself."""
-    info = os.stat(path)
-    identity = f"{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{path}"
-    store = _digest_store()
+def _known_digests() -> dict[str, str]:
     try:
-        known = json.loads(store.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if identity in known:
-        return known[identity]
-    digest = _digest(_file_chunks(path))
-    known = dict(list(known.items())[-255:]) | {identity: digest}
+        return dict(json.loads(_digest_store().read_text()))
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def _remember(key: str, digest: str) -> None:
+    known = dict(list(_known_digests().items())[-255:]) | {key: digest}
     try:
+        store = _digest_store()
         store.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(store) as out:
             out.write(json.dumps(known).encode())
     except (OSError, NbicError) as exc:
-        log.debug("cannot remember the digest of %s: %s", path, exc)
-    return digest
+        log.debug("cannot remember the digest %s: %s", key, exc)
+
+
+def _tar_identity(path: str) -> str:
+    info = os.stat(path)
+    return f"{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{path}"
+
+
+def _directory_manifest(root: str) -> str:
+    """A digest of what a directory tree looks like from its metadata alone: every
+    path with its type, mode, owner, size, mtime, inode and link target. Any change
+    a file's content goes with changes one of these (short of tampering with
+    mtimes), so the content is hashed again only when the manifest changes."""
+    digest = hashlib.sha256(root.encode() + b"\0")
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        try:
+            listing = sorted(os.scandir(directory), key=lambda item: item.name)
+        except OSError as exc:
+            raise RootfsError(f"cannot list {directory}: {exc.strerror}") from None
+        for item in listing:
+            info = item.stat(follow_symlinks=False)
+            target = os.readlink(item.path) if item.is_symlink() else ""
+            digest.update(f"{item.path}\0{info.st_mode}\0{info.st_uid}\0{info.st_gid}\0"
+                          f"{info.st_size}\0{info.st_mtime_ns}\0{info.st_ino}\0{target}\0"
+                          .encode("utf-8", "surrogateescape"))
+            if item.is_dir(follow_symlinks=False):
+                stack.append(item.path)
+    return "dir:" + digest.hexdigest()
+
+
+def _identity(source: RootfsSource) -> str:
+    if source.kind is SourceKind.TAR:
+        return _tar_identity(source.location)
+    return _directory_manifest(source.location)
+
+
+def remembered_key(source: RootfsSource) -> str | None:
+    """The cache key of a tar or directory source as last computed, if its identity
+    (file identity, or directory manifest) is unchanged since; else None."""
+    if source.kind not in (SourceKind.TAR, SourceKind.DIR):
+        return None
+    try:
+        return _known_digests().get(_identity(source))
+    except (OSError, RootfsError):
+        return None
 
 
 def cache_key(client, source: RootfsSource) -> str:
+    """The digest of a source's content. For tars and directories it is remembered
+    per identity: hashing a 200 MB rootfs on every run would cost more than the run."""
     match source.kind:
-        case SourceKind.TAR:
-            return _tar_digest(source.location)
-        case SourceKind.DIR:
-            return _digest(_directory_chunks(source.location))
+        case SourceKind.TAR | SourceKind.DIR:
+            identity = _identity(source)
+            known = _known_digests().get(identity)
+            if known is not None:
+                return known
+            chunks = _file_chunks(source.location) if source.kind is SourceKind.TAR \
+                else _directory_chunks(source.location)
+            digest = _digest(chunks)
+            _remember(identity, digest)
+            return digest
         case SourceKind.DOCKER:
             return engine.image_id(client, source.location).removeprefix("sha256:")
         case SourceKind.DEBOOTSTRAP:

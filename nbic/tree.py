@@ -17,8 +17,7 @@ import sys
 import tarfile
 import tempfile
 from collections import deque
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -109,6 +108,22 @@ class Tree(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release open files; the index stays usable."""
+
+    def __enter__(self) -> Tree:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+class EmptyTree(Tree):
+    """No rootfs at all: an image made of spec lists alone."""
+
+    def __init__(self) -> None:
+        super().__init__({}, "no rootfs")
+
+    def open(self, name: str) -> BinaryIO:
+        raise RootfsError(f"/{name}: there is no rootfs to read it from")
 
 
 class DirTree(Tree):
@@ -325,11 +340,3 @@ def open_tree(source: str | Path) -> Tree:
         return TarTree(path)
     raise RootfsError(f"rootfs {source} is neither a directory nor a tar file")
 
-
-@contextmanager
-def opened_tree(source: str | Path) -> Iterator[Tree]:
-    tree = open_tree(source)
-    try:
-        yield tree
-    finally:
-        tree.close()

@@ -27,6 +27,7 @@ import pytest
 TEST_TAG = os.environ.get("NBIC_TEST_TAG", "test")
 BUILDER_IMAGE = f"nbic-builder:{TEST_TAG}"
 ROOTFS_IMAGE = f"nbic-test-rootfs:{TEST_TAG}"
+PYTHON_IMAGE = f"nbic-test-python:{TEST_TAG}"  # + python3, perl, sqlite3, tzdata, CAs
 ROOTFS_IMAGE_MARKER = "nbic test rootfs marker\n"
 ROOTFS_IMAGE_HELLO = "hello-from-docker-rootfs\n"
 COMPOSE_PROJECT = os.environ.get("NBIC_TEST_COMPOSE_PROJECT", "nbictests")

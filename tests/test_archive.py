@@ -108,35 +108,3 @@ def test_non_utf8_names_round_trip():
     name = b"caf\xe9".decode("utf-8", "surrogateescape")
     reader = ImageReader(io.BytesIO(archive_bytes([Member(Entry(name, FileType.DIR))])))
     assert [entry.name for entry in reader] == [name]
-
-
-def test_a_tar_stream_converts_to_the_same_cpio_as_direct_writing():
-    from nbic.tarstream import members_from_tar, write_tar
-
-    members = sample_members()
-    tar = io.BytesIO()
-    write_tar(tar, order(members))
-    tar.seek(0)
-    streamed = io.BytesIO()
-    # A non-seekable stream, as the session hands it over.
-    write_archive(streamed, members_from_tar(_OneWay(tar)), presorted=True)
-    assert streamed.getvalue() == archive_bytes(members)
-
-
-def test_presorted_input_out_of_order_is_refused():
-    members = order(sample_members())
-    with pytest.raises(NbicError, match="out of order"):
-        write_archive(io.BytesIO(), list(reversed(members)), presorted=True)
-
-
-class _OneWay(io.RawIOBase):
-    def __init__(self, inner):
-        self._inner = inner
-
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):
-        data = self._inner.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)

@@ -5,10 +5,19 @@ import logging
 import pytest
 from rootfs_factory import LIBDIR, make_rootfs, make_tar
 
-from nbic.closure import ClosureConfig, parse_device, select
+from nbic.closure import SessionInit, Wanted, plan
 from nbic.cpio.entry import FileType
+from nbic.cpio.spec import parse_spec
+from nbic.devices import parse_device
 from nbic.errors import MissingFileError, RootfsError, UsageError
+from nbic.selection import FileList, InitMode, Selection, SpecList
 from nbic.tree import DirTree, TarTree
+
+
+def select(tree, wanted, selection=Selection()):
+    """The plan for `wanted` given as a file list."""
+    lists = (FileList("test.list", tuple(wanted)),) if wanted else ()
+    return plan(tree, Selection(**{**selection.__dict__, "file_lists": lists}))
 
 
 @pytest.fixture
@@ -22,7 +31,7 @@ def names(selection):
 
 def test_real_files_pull_in_parents_usr_merge_and_soname_links(tree):
     wanted = ["/usr/bin/bash", f"/{LIBDIR}/libtinfo.so.6.4", f"/{LIBDIR}/ld-linux-x86-64.so.2"]
-    chosen = names(select(tree, wanted, ClosureConfig()))
+    chosen = names(select(tree, wanted, Selection()))
     assert {"usr", "usr/bin", "usr/lib", LIBDIR, "usr/bin/bash"} <= chosen
     # usr-merge links lead to directories in the image; the ld.so and soname
     # links lead to files in it.
@@ -34,30 +43,30 @@ def test_real_files_pull_in_parents_usr_merge_and_soname_links(tree):
 
 
 def test_a_path_through_symlinks_brings_the_links(tree):
-    selection = select(tree, ["/bin/bash"], ClosureConfig())
+    selection = select(tree, ["/bin/bash"], Selection())
     assert selection.entries["bin"].type is FileType.SYMLINK
     assert selection.entries["usr/bin/bash"].type is FileType.FILE
 
 
 def test_alternatives_chain_follows_the_program(tree):
-    chosen = names(select(tree, ["/usr/bin/mawk"], ClosureConfig()))
+    chosen = names(select(tree, ["/usr/bin/mawk"], Selection()))
     assert {"etc/alternatives/awk", "usr/bin/awk"} <= chosen
 
 
 def test_every_name_of_a_hardlinked_file(tree):
-    chosen = names(select(tree, ["/usr/bin/perl"], ClosureConfig()))
+    chosen = names(select(tree, ["/usr/bin/perl"], Selection()))
     assert "usr/bin/perl5.36.0" in chosen
 
 
 def test_devices_mount_points_and_init_from_chroot(tree):
-    selection = select(tree, [], ClosureConfig())
+    selection = select(tree, [], Selection())
     entries = selection.entries
     assert (entries["dev/console"].type, entries["dev/console"].rdevmajor,
             entries["dev/console"].rdevminor) == (FileType.CHAR, 5, 1)
     assert (entries["dev/null"].rdevmajor, entries["dev/null"].rdevminor) == (1, 3)
     assert entries["proc"].perm == 0o555  # as the rootfs has it
     assert entries["tmp"].perm == 0o1777
-    assert entries["sys"].type is FileType.DIR and "sys" in selection.synthesized
+    assert entries["sys"].type is FileType.DIR and selection.reasons["sys"] == "mount point"
     assert entries["dev/pts"].type is FileType.DIR
     assert entries["init"].type is FileType.SYMLINK
     assert entries["init"].linkname == "/chroot"
@@ -65,31 +74,33 @@ def test_devices_mount_points_and_init_from_chroot(tree):
 
 
 def test_init_option_and_rootfs_init(tree, tmp_path):
-    selection = select(tree, [], ClosureConfig(init="/bin/cat"))
+    selection = select(tree, [], Selection(init_mode=InitMode.PATH, init_path="/bin/cat"))
     assert selection.entries["init"].linkname == "/usr/bin/cat"
     assert "bin" in selection.entries
     (tree.root / "init").write_text("#!/bin/sh\n")
-    selection = select(DirTree(tree.root), [], ClosureConfig())
+    selection = select(DirTree(tree.root), [], Selection())
     assert selection.entries["init"].type is FileType.FILE
 
 
 def test_no_init_is_a_clear_error(tree):
     (tree.root / "chroot").unlink()
     with pytest.raises(RootfsError, match="no /init"):
-        select(DirTree(tree.root), [], ClosureConfig())
+        select(DirTree(tree.root), [], Selection())
     with pytest.raises(RootfsError, match="--init /nope"):
-        select(tree, [], ClosureConfig(init="/nope"))
+        select(tree, [], Selection(init_mode=InitMode.PATH, init_path="/nope"))
     # A spec list may supply /init instead.
-    assert "init" not in select(DirTree(tree.root), [], ClosureConfig(init_provided=True)).entries
+    spec = SpecList("s", tuple(parse_spec("slink /init /usr/bin/cat 0777 0 0")))
+    entries = select(DirTree(tree.root), [], Selection(spec_lists=(spec,))).entries
+    assert entries["init"].linkname == "/usr/bin/cat"
 
 
 def test_missing_paths_warn_or_fail_with_strict(tree, caplog):
     with caplog.at_level(logging.WARNING, logger="nbic"):
-        selection = select(tree, ["/usr/bin/nope", "/usr/bin/cat"], ClosureConfig())
+        selection = select(tree, ["/usr/bin/nope", "/usr/bin/cat"], Selection())
     assert selection.missing == ("/usr/bin/nope",)
     assert "/usr/bin/nope" in caplog.text
     with pytest.raises(MissingFileError, match="/usr/bin/nope"):
-        select(tree, ["/usr/bin/nope"], ClosureConfig(strict=True))
+        select(tree, ["/usr/bin/nope"], Selection(strict=True))
 
 
 def test_symlinks_resolve_inside_the_rootfs_only(tree):
@@ -99,12 +110,20 @@ def test_symlinks_resolve_inside_the_rootfs_only(tree):
     assert tree.resolve("/etc/loop-a").target is None
     assert tree.resolve("/lib64/ld-linux-x86-64.so.2").target == f"{LIBDIR}/ld-linux-x86-64.so.2"
     assert tree.resolve("/usr/bin/../../etc/hostname").target == "etc/hostname"
-    selection = select(tree, ["/etc/escape", "/etc/loop-a"], ClosureConfig())
-    assert selection.missing == ("/etc/escape", "/etc/loop-a")
+
+
+def test_dangling_symlinks_go_in_as_symlinks(tree):
+    # They are in the rootfs: a symlink whose target is missing (or loops) is
+    # still a symlink, as /etc/mtab -> ../proc/self/mounts is.
+    selection = select(tree, ["/etc/escape", "/etc/loop-a", "/etc/nope"], Selection())
+    assert selection.missing == ("/etc/nope",)
+    assert selection.entries["etc/escape"].linkname == "../../../../../etc/passwd"
+    assert selection.entries["etc/loop-a"].type is FileType.SYMLINK
+    assert "etc/passwd" not in selection.entries
 
 
 def test_include_and_exclude_globs(tree):
-    selection = select(tree, ["/usr/bin/bash", "/usr/bin/cat"], ClosureConfig(
+    selection = select(tree, ["/usr/bin/bash", "/usr/bin/cat"], Selection(
         include=(f"/{LIBDIR}/*",), exclude=("/usr/bin/cat", "*/libunused*")))
     chosen = names(selection)
     assert f"{LIBDIR}/libtinfo.so.6.4" in chosen
@@ -123,19 +142,103 @@ def test_dev_option():
 
 
 def test_extra_device_gets_synthesized_parents(tree):
-    selection = select(tree, [], ClosureConfig(devices=(parse_device("/dev/net/tun:c:10:200"),)))
+    selection = select(tree, [], Selection(devices=(parse_device("/dev/net/tun:c:10:200"),)))
     assert selection.entries["dev/net"].type is FileType.DIR
-    assert "dev/net" in selection.synthesized
+    assert selection.reasons["dev/net"] == "parent of /dev/net/tun"
 
 
 def test_tar_tree_selects_like_the_directory(tree, tmp_path):
     tar_tree = TarTree(make_tar(tree.root, tmp_path / "rootfs.tar"))
     wanted = ["/bin/bash", "/usr/bin/perl", f"/{LIBDIR}/libtinfo.so.6.4"]
-    from_dir = select(tree, wanted, ClosureConfig()).entries
-    from_tar = select(tar_tree, wanted, ClosureConfig()).entries
+    from_dir = select(tree, wanted, Selection()).entries
+    from_tar = select(tar_tree, wanted, Selection()).entries
     assert from_dir.keys() == from_tar.keys()
     for name, entry in from_dir.items():
         other = from_tar[name]
         assert (entry.type, entry.perm, entry.size, entry.linkname) == (
             other.type, other.perm, other.size, other.linkname), name
     assert tar_tree.open("usr/bin/perl5.36.0").read() == b"\x7fELF perl"
+
+
+def test_every_entry_says_why_it_is_there(tree):
+    listed = ("/bin/bash", f"/{LIBDIR}/libtinfo.so.6.4")
+    image = plan(tree, Selection(file_lists=(FileList("a.list", listed),)),
+                 used=[Wanted("/usr/bin/cat", "traced: exec by /usr/bin/bash")])
+    reasons = image.reasons
+    assert reasons["usr/bin/bash"] == "listed in a.list"
+    assert reasons["bin"] == "on the way to /usr/bin/bash"
+    assert reasons["usr/bin/cat"] == "traced: exec by /usr/bin/bash"
+    assert reasons["usr"] == "parent of /usr/bin/cat"
+    assert reasons["dev/console"] == "device: a boot needs it"
+    assert reasons["init"].startswith("/init: the rootfs's /chroot")
+    assert reasons[f"{LIBDIR}/libtinfo.so.6"] == \
+        f"symlink to /{LIBDIR}/libtinfo.so.6.4, which is in the image"
+    assert set(reasons) == set(image.entries)
+
+
+def test_init_none_makes_a_segment_without_boot_entries(tree):
+    image = plan(tree, Selection(file_lists=(FileList("l", ("/usr/bin/cat",)),),
+                                 init_mode=InitMode.NONE))
+    assert set(image.entries) == {"usr", "usr/bin", "usr/bin/cat", "bin"}
+    # Asked-for devices still go in.
+    image = plan(tree, Selection(init_mode=InitMode.NONE, devices=(parse_device("zero"),)))
+    assert set(image.entries) == {"dev", "dev/zero"}
+
+
+def test_a_session_boots_itself_when_the_rootfs_has_no_init(tree, tmp_path):
+    (tree.root / "chroot").unlink()
+    rootfs = DirTree(tree.root)
+    script = tmp_path / "script"
+    script.write_text("#!/bin/sh\necho hi\n")
+    image = plan(rootfs, Selection(), session_init=SessionInit(script=str(script)))
+    assert image.entries["init"].type is FileType.FILE
+    assert image.data["init"].path == str(script)
+    image = plan(rootfs, Selection(), session_init=SessionInit(program="cat"))
+    assert image.entries["init"].linkname == "/usr/bin/cat"
+
+
+def test_devices_the_session_opened(tree):
+    urandom = parse_device("urandom")
+    image = plan(tree, Selection(), session_devices=[(urandom, "opened by the session")])
+    node = image.entries["dev/urandom"]
+    assert (node.type, node.rdevmajor, node.rdevminor, node.perm) == (FileType.CHAR, 1, 9,
+                                                                      0o666)
+    assert image.reasons["dev/urandom"] == "device: opened by the session"
+
+
+def test_pseudo_filesystems_give_only_their_mount_points(tree):
+    (tree.root / "proc/self").mkdir(parents=True)
+    (tree.root / "proc/self/status").write_text("x")
+    rootfs = DirTree(tree.root)
+    image = plan(rootfs, Selection(), used=[Wanted("/proc/self/status", "traced"),
+                                            Wanted("/dev/pts/0", "traced")])
+    assert "proc" in image.entries and "proc/self/status" not in image.entries
+
+
+def test_cpython_caches_bring_their_sources(tree):
+    pydir = tree.root / "usr/lib/python3.11"
+    (pydir / "json/__pycache__").mkdir(parents=True)
+    (pydir / "lib-dynload").mkdir()
+    for name in ("os.py", "json/__init__.py", "json/__pycache__/__init__.cpython-311.pyc",
+                 "__pycache__/os.cpython-311.pyc"):
+        (pydir / name).parent.mkdir(parents=True, exist_ok=True)
+        (pydir / name).write_text(name)
+    rootfs = DirTree(tree.root)
+    image = plan(rootfs, Selection(), used=[
+        Wanted("/usr/lib/python3.11/json/__pycache__/__init__.cpython-311.pyc", "traced")])
+    assert image.entries["usr/lib/python3.11/json/__init__.py"].type is FileType.FILE
+    assert image.reasons["usr/lib/python3.11/json/__init__.py"].startswith("rule: CPython")
+    # getpath's landmarks: the prefix's os.py and the lib-dynload directory.
+    assert "usr/lib/python3.11/os.py" in image.entries
+    assert image.entries["usr/lib/python3.11/lib-dynload"].type is FileType.DIR
+
+
+def test_include_bin_follows_the_elf_headers(rootfs_dir):
+    image = plan(DirTree(rootfs_dir), Selection(binaries=("/usr/bin/ls",),
+                                                init_mode=InitMode.NONE))
+    libraries = {name.rsplit("/", 1)[1] for name, entry in image.entries.items()
+                 if ".so" in name and "/lib" in "/" + name and entry.type is not FileType.DIR}
+    assert libraries == {"ld-linux-x86-64.so.2", "libc.so.6", "libselinux.so.1",
+                         "libpcre2-8.so.0", "libpcre2-8.so.0.11.2"}, libraries
+    assert image.reasons["usr/bin/ls"] == "--include-bin /usr/bin/ls"
+    assert "DT_NEEDED" in image.reasons["usr/lib/x86_64-linux-gnu/libselinux.so.1"]

@@ -32,17 +32,44 @@ def test_tar_digests_are_remembered_and_follow_the_content(tmp_path, monkeypatch
     plain = tmp_path / "r.tar"
     subprocess.run(["tar", "-C", tree, "-cf", plain, "."], check=True)
     subprocess.run(["zstd", "-q", "-k", plain], check=True)
-    first = rootfs._tar_digest(str(plain))
+    def key(path):
+        return rootfs.cache_key(None, rootfs.parse_source(str(path)))
+
+    first = key(plain)
     assert (tmp_path / "cache/nbic/digests.json").is_file()
     # Compressed or not, one content, one key (and one cache volume).
-    assert rootfs._tar_digest(str(plain) + ".zst") == first
+    assert key(str(plain) + ".zst") == first
     # Remembered: the file is not read again while its identity holds.
     calls = []
     monkeypatch.setattr(rootfs, "_digest", lambda chunks: calls.append(1) or "x")
-    assert rootfs._tar_digest(str(plain)) == first and not calls
+    assert key(plain) == first and not calls
     (tree / "a").write_text("two")
     subprocess.run(["tar", "-C", tree, "-cf", plain, "."], check=True)
     os.utime(plain, ns=(1, 1))  # a new identity even within one clock tick
     monkeypatch.undo()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    assert rootfs._tar_digest(str(plain)) != first
+    assert key(plain) != first
+
+
+def test_directory_keys_come_from_a_manifest_and_hash_only_on_change(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/a").write_text("one")
+    (tree / "link").symlink_to("etc/a")
+    source = rootfs.parse_source(str(tree))
+    assert rootfs.remembered_key(source) is None
+    first = rootfs.cache_key(None, source)
+    assert rootfs.remembered_key(source) == first
+    hashed = []
+    real_digest = rootfs._digest
+    monkeypatch.setattr(rootfs, "_digest", lambda chunks: hashed.append(1) or real_digest(chunks))
+    assert rootfs.cache_key(None, source) == first and not hashed
+    # Any change of content, name, mode or link target makes a new manifest.
+    (tree / "etc/a").write_text("two")
+    os.utime(tree / "etc/a", ns=(1, 1))
+    second = rootfs.cache_key(None, source)
+    assert hashed and second != first
+    (tree / "link").unlink()
+    (tree / "link").symlink_to("etc")
+    assert rootfs.cache_key(None, source) not in (first, second)

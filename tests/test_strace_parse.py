@@ -25,10 +25,13 @@ LOG = r'''100 execve("/usr/sbin/chroot", ["chroot", "/rootfs", "ls"], 0x7ffe /* 
 
 def test_log_paths_are_resolved_per_process_after_chroot():
     trace = parse(LOG.splitlines(), "/rootfs")
-    assert "/etc/ld.so.cache" not in trace.paths  # looked up before the chroot
-    assert {"/bin/bash", "/lib/x86_64-linux-gnu/libtinfo.so.6", "/etc/passwd",
-            "/usr/lib/x86_64-linux-gnu/libtinfo.so.6.4", "/etc/hostname",
-            "/usr/share/café"} <= trace.paths
+    assert "/etc/ld.so.cache" not in trace.used  # looked up before the chroot
+    assert {"/bin/bash", "/lib/x86_64-linux-gnu/libtinfo.so.6",
+            "/usr/lib/x86_64-linux-gnu/libtinfo.so.6.4", "/etc/hostname"} <= trace.used.keys()
+    # Lookups that found nothing are kept apart, with who made them.
+    assert trace.failed == {"/etc/passwd": ("stat", "/bin/bash"),
+                            "/usr/share/café": ("openat", "/bin/bash")}
+    assert trace.used["/lib/x86_64-linux-gnu/libtinfo.so.6"] == ("openat", "/bin/bash")
     assert trace.executed == {"/bin/bash"}
 
 
@@ -37,9 +40,12 @@ def test_completion_adds_real_files_and_interpreters(tmp_path):
     # A real ELF program whose PT_INTERP names the usual loader.
     shutil.copyfile(shutil.which("true"), root / "usr/bin/bash")
     (root / "usr/bin/script").write_text("#!/usr/bin/mawk -f\n")
-    trace = parse(LOG.splitlines(), "/rootfs")
+    (root / "etc/mtab").symlink_to("../proc/self/mounts")
+    log = LOG + '100 openat(AT_FDCWD</rootfs>, "/etc/mtab", O_RDONLY) = -1 ENOENT (No such file or directory)\n'  # noqa: E501
+    trace = parse(log.splitlines(), "/rootfs")
     trace.executed.add("/usr/bin/script")
     paths = complete(trace, DirTree(root))
+    assert "/etc/mtab" in paths  # a dangling symlink is in the rootfs: it goes in
     assert "/usr/bin/bash" in paths  # /bin/bash, resolved
     assert "/lib64/ld-linux-x86-64.so.2" in paths  # bash's ELF interpreter
     assert f"/{LIBDIR}/ld-linux-x86-64.so.2" in paths  # and the file it is

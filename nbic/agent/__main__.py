@@ -1,283 +1,308 @@
-"""`python3 -m nbic.agent SPEC_JSON`: the session recipe, inside the container.
+"""`python3 -m nbic.agent REQUEST_JSON`: the agent's recipes, inside the container.
 
-mount the overlay -> start the tracer -> run the session -> stop it all ->
-closure of what was used -> tar of the image's entries for the host.
+session:      overlay the rootfs -> trace the session -> closure of what it used
+              -> the image (newc) -> replay the check on it (and --fix) -> report
+import-image: unpack an image into a cache volume (for `nbic verify`)
+replay:       replay the check on a cached image alone (`nbic verify`)
+
+Whatever happens, OUTPUT_DIR/result.json says how it went.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
+import json
 import logging
 import os
-import shutil
 import sys
 import time
 import traceback
+from dataclasses import replace
 
-from nbic.agent import session, strace
-from nbic.agent.fanotify import FanotifyTracer, TraceError
+from nbic import serial
+from nbic.agent import chroot, mounts, replay
 from nbic.agent.protocol import (
+    CACHE,
     CACHE_ROOTFS,
-    IMAGE_TAR,
+    CHECK,
+    IMAGE_CACHE,
+    IMAGE_FILE,
+    IMAGE_INPUT,
+    IMPORT_DIR,
     INPUT_DIR,
     OUTPUT_DIR,
     READY_MARK,
+    REPORT_FILE,
     RESULT_FILE,
     ROOTFS,
+    SCRIPT,
     SESSION_DIR,
-    TRACE_FILE,
-    SessionResult,
-    SessionSpec,
-    Tracer,
+    Lookup,
+    Replay,
+    Request,
+    Result,
+    Session,
+    Task,
+    spec_input,
 )
-from nbic.agent.syscalls import MNT_DETACH, MS_BIND, MS_RDONLY, MS_REC, MS_REMOUNT, mount, umount
-from nbic.closure import DEFAULT_DEVICES, ClosureConfig, parse_device, select
-from nbic.cpio.archive import Member, order
+from nbic.agent.trace import Trace, trace_session
+from nbic.closure import ImagePlan, SessionInit, Wanted, plan
+from nbic.cpio.archive import write_archive
 from nbic.cpio.entry import Entry, FileType
+from nbic.cpio.image import read_entries
 from nbic.errors import NbicError
-from nbic.tarstream import write_tar
-from nbic.tree import DirTree
+from nbic.selection import Verify
+from nbic.tools import extract
+from nbic.tree import DirTree, Tree
 
-STRACE_LOG = f"{SESSION_DIR}/strace.log"
-SCRIPT_DIR = "/.nbic"  # a tmpfs inside the rootfs: not on the traced filesystem
+REPLAY_ROOT = "/nbic-replay"  # a fresh tmpfs per replay of `run --verify`
+DEVICES_FILE = "devices.json"  # beside rootfs/ in an image volume: its device nodes
+FIX_ROUNDS = 5  # --fix: replays at most, each after adding what the last one missed
 
 
 class _Collector(logging.Handler):
-    """Warnings go into the result for the host to show, not into the TTY."""
+    """Messages go into the result for the host to show, not into the TTY."""
 
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.notices: list[str] = []
+        self.warnings: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-def _mounts(spec: SessionSpec) -> None:
-    """The session's world: the overlay, and proc, sys, dev and DNS inside it."""
-    if not os.path.exists(f"{os.path.dirname(CACHE_ROOTFS)}/{READY_MARK}"):
-        raise NbicError("the rootfs cache volume is incomplete (an interrupted import?): "
-                        "remove it with `nbic rootfs rm` and run again")
-    os.makedirs(SESSION_DIR, exist_ok=True)
-    mount("tmpfs", SESSION_DIR, "tmpfs", 0, "mode=0755")
-    for name in ("upper", "work"):
-        os.mkdir(f"{SESSION_DIR}/{name}")
-    os.makedirs(ROOTFS, exist_ok=True)
-    mount("overlay", ROOTFS, "overlay", 0, f"lowerdir={CACHE_ROOTFS},"
-          f"upperdir={SESSION_DIR}/upper,workdir={SESSION_DIR}/work")
-    for target, fstype, source, flags in (
-            ("proc", "proc", "proc", 0), ("sys", "sysfs", "sysfs", MS_RDONLY),
-            ("dev", None, "/dev", MS_BIND | MS_REC)):
-        path = f"{ROOTFS}/{target}"
-        if os.path.islink(path):
-            continue
-        os.makedirs(path, exist_ok=True)
-        mount(source, path, fstype, flags)
-        if fstype == "proc":
-            _protect_host(path)
-    resolv = f"{ROOTFS}/etc/resolv.conf"
-    # The session may need the network (apt-get); give it the container's DNS.
-    if os.path.isdir(f"{ROOTFS}/etc") and not os.path.islink(resolv) \
-            and os.path.exists("/etc/resolv.conf"):
-        if not os.path.exists(resolv):
-            open(resolv, "w").close()
-        mount("/etc/resolv.conf", resolv, None, MS_BIND)
-    if spec.script:
-        os.makedirs(f"{ROOTFS}{SCRIPT_DIR}", exist_ok=True)
-        mount("tmpfs", f"{ROOTFS}{SCRIPT_DIR}", "tmpfs", 0, "mode=0755")
-        shutil.copy(f"{INPUT_DIR}/{spec.script}", f"{ROOTFS}{SCRIPT_DIR}/script")
-        os.chmod(f"{ROOTFS}{SCRIPT_DIR}/script", 0o755)
-
-
-def _protect_host(proc: str) -> None:
-    """A fresh proc is not masked the way Docker masks the container's own: keep
-    the session from reaching the real machine through it."""
-    mount(f"{proc}/sys", f"{proc}/sys", None, MS_BIND | MS_REC)
-    mount(f"{proc}/sys", f"{proc}/sys", None, MS_BIND | MS_REMOUNT | MS_RDONLY)
-    for name in ("sysrq-trigger", "kcore", "kmsg"):
-        if os.path.exists(f"{proc}/{name}"):
-            mount("/dev/null", f"{proc}/{name}", None, MS_BIND)
-
-
-def _unmount_inside(root: str) -> None:
-    """Undo every mount below the overlay, ours and any the session made (the
-    seed's /chroot mounts proc itself), so the closure walks only the rootfs."""
-    previous: list[str] | None = None
-    while True:
-        with open("/proc/self/mountinfo", encoding="utf-8") as table:
-            points = [line.split()[4].encode().decode("unicode_escape")
-                      for line in table]
-        inside = sorted((p for p in points if p.startswith(root + "/")),
-                        key=lambda p: p.count("/"), reverse=True)
-        if not inside:
-            return
-        if inside == previous:
-            raise OSError(f"cannot unmount {inside[0]} after the session")
-        previous = inside
-        for point in inside:
-            # A mount stacked on another hides the lower one's submounts
-            # (EINVAL here); they come back into reach on the next pass.
-            with contextlib.suppress(OSError):
-                umount(point, MNT_DETACH)
-
-
-def _session_argv(spec: SessionSpec) -> list[str]:
-    if spec.command:
-        return list(spec.command)
-    if spec.script:
-        return [f"{SCRIPT_DIR}/script"]
-    if os.access(f"{ROOTFS}/chroot", os.X_OK):
-        return ["/chroot"]
-    return ["/bin/sh"]
-
-
-def _start_fanotify(spec: SessionSpec, notices: list[str]) -> FanotifyTracer | None:
-    try:
-        tracer = FanotifyTracer(ROOTFS, bounded_queue=spec.bounded_queue)
-    except OSError as exc:
-        if spec.tracer is Tracer.AUTO and exc.errno in (errno.EPERM, errno.ENOSYS,
-                                                        errno.EINVAL):
-            notices.append(f"fanotify is not permitted here ({exc.strerror}); "
-                           "tracing with ptrace (strace) instead, which is slower")
-            return None
-        raise TraceError(f"cannot start the fanotify tracer: {exc}") from None
-    tracer.start()
-    return tracer
-
-
-def _init_choice(spec: SessionSpec, tree: DirTree, notices: list[str]
-                 ) -> tuple[str | None, Member | None]:
-    """/init when the rootfs has none (nor a /chroot) and --init is not given:
-    the session itself boots. A --script becomes /init; a command's program, or
-    the shell, is linked as /init."""
-    if spec.init or "init" in tree or "chroot" in tree:
-        return spec.init, None
-    if spec.script:
-        script = f"{INPUT_DIR}/{spec.script}"
-        info = os.stat(script)
-        notices.append("no /init or /chroot in the rootfs: the session's script boots as /init")
-        entry = Entry("init", FileType.FILE, perm=0o755, size=info.st_size,
-                      mtime=int(info.st_mtime))
-        return None, Member(entry, lambda: open(script, "rb"))
-    program = spec.command[0] if spec.command else "/bin/sh"
-    if "/" not in program:
-        for directory in session.SESSION_PATH.split(":"):
-            target = tree.resolve(f"{directory}/{program}").target
-            entry = tree.get(target) if target else None
-            if entry is not None and entry.type is FileType.FILE:
-                program = f"{directory}/{program}"
-                break
-    notices.append(f"no /init or /chroot in the rootfs: {program} boots as /init "
-                   "(give --init to choose)")
-    return program, None
+        target = self.warnings if record.levelno >= logging.WARNING else self.notices
+        target.append(record.getMessage())
 
 
 class _Clock:
     """Seconds spent per phase, reported to the host (shown with --debug)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self._last = time.monotonic()
 
     def lap(self, phase: str) -> None:
         now = time.monotonic()
-        self.seconds[phase] = round(now - self._last, 3)
+        self.seconds[phase] = round(self.seconds.get(phase, 0) + now - self._last, 3)
         self._last = now
 
 
-def _trace_session(spec: SessionSpec, notices: list[str], clock: _Clock
-                   ) -> tuple[int, set[str], str, DirTree]:
-    """Run the session under the tracer(s); returns its status, the traced paths,
-    the tracer used, and the rootfs as the session left it."""
-    _mounts(spec)
-    fanotify = None
-    if spec.tracer in (Tracer.AUTO, Tracer.FANOTIFY, Tracer.BOTH):
-        fanotify = _start_fanotify(spec, notices)
-    use_ptrace = spec.tracer in (Tracer.PTRACE, Tracer.BOTH) or (
-        fanotify is None and spec.tracer is not Tracer.NONE)
+def _require_ready(cache: str) -> None:
+    if not os.path.exists(f"{cache}/{READY_MARK}"):
+        raise NbicError("a cache volume is incomplete (an interrupted import?): remove it "
+                        "with `nbic rootfs rm` or `nbic gc` and run again")
+
+
+# --- session -------------------------------------------------------------------
+
+def _session_argv(request: Request) -> list[str]:
+    session = request.session
+    if session.command:
+        return list(session.command)
+    if session.script:
+        return [f"{mounts.SCRIPT_DIR}/{SCRIPT}"]
+    if os.access(f"{ROOTFS}/chroot", os.X_OK):
+        return ["/chroot"]
+    return ["/bin/sh"]
+
+
+def session_task(request: Request, clock: _Clock) -> Result:
+    _require_ready(CACHE)
+    mounts.overlay(CACHE_ROOTFS, ROOTFS, SESSION_DIR)
+    mounts.session_mounts(ROOTFS)
+    session = request.session
+    if session.script:
+        mounts.script_dir(ROOTFS, {SCRIPT: f"{INPUT_DIR}/{SCRIPT}"})
     clock.lap("setup")
-    argv = _session_argv(spec)
-    env = session.session_environment(spec.term)
-    if use_ptrace:
-        status = session.run(strace.command(STRACE_LOG, argv, ROOTFS), env, chroot_dir=None)
-    else:
-        status = session.run(argv, env, chroot_dir=ROOTFS)
-    session.kill_leftovers()
+    env = chroot.session_environment("xterm" if session.interactive else "vt100")
+    trace, tree = trace_session(ROOTFS, _session_argv(request), env, session.tracer)
     clock.lap("session")
 
-    traced: set[str] = set()
-    if fanotify is not None:
-        traced |= fanotify.finish()
-    _unmount_inside(ROOTFS)
-    tree = DirTree(ROOTFS)
-    if use_ptrace:
-        if not os.path.exists(STRACE_LOG):
-            raise TraceError("strace left no log: the ptrace trace failed")
-        with open(STRACE_LOG, encoding="utf-8", errors="surrogateescape") as log:
-            traced |= strace.complete(strace.parse(log, ROOTFS), tree)
-    tracer = "both" if fanotify and use_ptrace else (
-        "ptrace" if use_ptrace else "fanotify" if fanotify else "none")
-    traced.discard("/")
-    traced = {path for path in traced
-              if path != SCRIPT_DIR and not path.startswith(SCRIPT_DIR + "/")}
-    clock.lap("trace")
-    return status, traced, tracer, tree
+    selection = request.selection
+    used = [Wanted(path, _traced_reason(call, program))
+            for path, (call, program) in sorted(trace.uses.items())]
+    session_init = SessionInit(
+        script=f"{INPUT_DIR}/{SCRIPT}" if session.script else None,
+        program=session.command[0] if session.command else "/bin/sh",
+        search_path=chroot.SESSION_PATH)
+    locations = {location: spec_input(index)
+                 for index, location in enumerate(selection.spec_locations())}
+
+    def image_plan() -> ImagePlan:
+        return plan(tree, selection, used=used,
+                    session_devices=[(node, "opened by the session") for node in trace.devices],
+                    session_init=session_init, spec_file=locations.__getitem__)
+
+    image = image_plan()
+    _write_image(image, tree, selection.epoch)
+    clock.lap("image")
+    replays: list[Replay] = []
+    fixed: list[str] = []
+    checked_in_rootfs = False
+    while selection.verify is not Verify.OFF:
+        replays.append(_replay_image(image, tree))
+        clock.lap("verify")
+        last = replays[-1]
+        if last.status == 0 or selection.verify is Verify.CHECK or len(replays) >= FIX_ROUNDS:
+            break
+        added = [(lookup.path, f"verify --fix: looked up by {lookup.program} in the replay")
+                 for lookup in last.missing if lookup.in_rootfs]
+        if not checked_in_rootfs:
+            # A lookup that never reaches the filesystem (CPython's finder lists a
+            # directory and looks no further) names nothing: what the check uses
+            # in the rootfs does.
+            checked_in_rootfs = True
+            check_trace, tree = _trace_check(session)
+            added += [(path, "verify --fix: " + _traced_reason(call, program).replace(
+                "traced: ", "the check in the rootfs: "))
+                for path, (call, program) in sorted(check_trace.uses.items())]
+            clock.lap("verify")
+        before = set(image.entries)
+        for path, reason in added:
+            if path not in fixed:
+                used.append(Wanted(path, reason))
+        image = image_plan()
+        new = sorted(set(image.entries) - before)
+        if not new:
+            break
+        for name in new:
+            logging.getLogger("nbic").info("--fix: added /%s (%s)", name, image.reasons[name])
+        fixed.extend("/" + name for name in new)
+        _write_image(image, tree, selection.epoch)
+        clock.lap("image")
+    _write_report(image, trace, replays, fixed)
+    return Result(ok=True, session_status=trace.status, tracer=trace.tracer,
+                  traced=len(trace.uses), entries=len(image.entries), replays=tuple(replays),
+                  fixed=tuple(fixed))
 
 
-def _image_members(spec: SessionSpec, tree: DirTree, traced: set[str],
-                   notices: list[str]) -> list[Member]:
-    # Files the session created and deleted were traced but are gone: drop
-    # them quietly. Paths from the user's lists must exist.
-    traced_present = [path for path in traced if tree.resolve(path).target is not None]
-    init, init_member = _init_choice(spec, tree, notices)
-    config = ClosureConfig(
-        include=spec.include, exclude=spec.exclude,
-        devices=DEFAULT_DEVICES + tuple(parse_device(text) for text in spec.devices),
-        init=init, init_provided=init_member is not None, strict=spec.strict)
-    selection = select(tree, [*sorted(traced_present), *spec.extra_paths], config)
-    members = [Member(entry, (lambda name=name: tree.open(name))
-                      if name not in selection.synthesized else None)
-               for name, entry in selection.entries.items() if name != "init" or not init_member]
-    if init_member:
-        members.append(init_member)
-    return order(members)
+def _trace_check(session: Session) -> tuple[Trace, DirTree]:
+    """Run the check as a traced session in the rootfs, as the session left it."""
+    mounts.session_mounts(ROOTFS)
+    mounts.script_dir(ROOTFS, {CHECK: f"{INPUT_DIR}/{CHECK}"})
+    env = chroot.session_environment("vt100")
+    return trace_session(ROOTFS, [f"{mounts.SCRIPT_DIR}/{CHECK}"], env, session.tracer)
 
 
-def run_session(spec: SessionSpec, collector: _Collector) -> SessionResult:
-    notices: list[str] = []
-    clock = _Clock()
-    status, traced, tracer, tree = _trace_session(spec, notices, clock)
+def _traced_reason(call: str, program: str) -> str:
+    if call in ("exec", "execve", "execveat"):
+        return "traced: executed"
+    if call == "interpreter":
+        return f"traced: the interpreter of {program}"
+    return f"traced: {call} by {program}"
+
+
+def _write_image(image: ImagePlan, tree: Tree, epoch: int | None) -> None:
     os.makedirs(OUTPUT_DIR, exist_ok=True)
-    with open(f"{OUTPUT_DIR}/{TRACE_FILE}", "w", encoding="utf-8",
-              errors="surrogateescape") as out:
-        out.writelines(path + "\n" for path in sorted(traced))
-    members = _image_members(spec, tree, traced, notices)
-    clock.lap("closure")
-    with open(f"{OUTPUT_DIR}/{IMAGE_TAR}", "wb") as out:
-        count = write_tar(out, members)
-    clock.lap("tar")
-    return SessionResult(ok=True, session_status=status, tracer=tracer, traced=len(traced),
-                         entries=count, warnings=tuple(collector.messages),
-                         notices=tuple(notices), seconds=clock.seconds)
+    with open(f"{OUTPUT_DIR}/{IMAGE_FILE}", "wb") as out:
+        write_archive(out, image.members(tree), epoch=epoch)
 
+
+def _replay_image(image: ImagePlan, tree: Tree) -> Replay:
+    """Replay the check on the image just written, unpacked in a fresh tmpfs."""
+    mounts.tmpfs(REPLAY_ROOT)
+    try:
+        extract(f"{OUTPUT_DIR}/{IMAGE_FILE}", REPLAY_ROOT)
+        devices = [entry for entry in image.entries.values() if entry.is_device]
+        status, output, failed = replay.replay(REPLAY_ROOT, [], devices,
+                                               script=f"{INPUT_DIR}/{CHECK}")
+    finally:
+        mounts.unmount(REPLAY_ROOT)
+    return Replay(status, output, _lookups(failed, tree))
+
+
+def _lookups(failed: dict[str, tuple[str, str]], tree: Tree | None) -> tuple[Lookup, ...]:
+    return tuple(Lookup(path, program, tree is not None and (
+        tree.resolve(path).target is not None
+        or tree.resolve(path, follow_last=False).target is not None))
+        for path, (_call, program) in sorted(failed.items()))
+
+
+def _write_report(image: ImagePlan, trace: Trace, replays: list[Replay],
+                  fixed: list[str]) -> None:
+    """Every entry of the image with the reason it went in (`--report`)."""
+    entries = [{"path": entry.path, "type": _TYPE_NAMES[entry.type],
+                "size": entry.size if entry.type is FileType.FILE else 0,
+                "reason": image.reasons.get(name, "")}
+               for name, entry in sorted(image.entries.items(), key=lambda item: item[0])]
+    report = {
+        "entries": entries,
+        "tracer": trace.tracer,
+        "session_failed_lookups": [{"path": path, "call": call, "program": program}
+                                   for path, (call, program) in sorted(trace.failed.items())],
+        "verify": [serial.to_data(item) for item in replays],
+        "fixed": fixed,
+        "missing_from_lists": list(image.missing),
+    }
+    with open(f"{OUTPUT_DIR}/{REPORT_FILE}", "w", encoding="utf-8",
+              errors="surrogateescape") as out:
+        json.dump(report, out, indent=1)
+
+
+_TYPE_NAMES = {FileType.FILE: "file", FileType.DIR: "dir", FileType.SYMLINK: "symlink",
+               FileType.CHAR: "char", FileType.BLOCK: "block", FileType.FIFO: "fifo",
+               FileType.SOCKET: "socket"}
+
+
+# --- nbic verify -----------------------------------------------------------------
+
+def import_image_task() -> Result:
+    """Unpack the image into the volume being imported; its device nodes are
+    listed beside it, for replays where they could not be made."""
+    target = f"{IMPORT_DIR}/rootfs"
+    os.makedirs(target, exist_ok=True)
+    image = f"{INPUT_DIR}/{IMAGE_INPUT}"
+    count = extract(image, target)
+    devices = [serial.to_data(entry) for entry in read_entries(image) if entry.is_device]
+    with open(f"{IMPORT_DIR}/{DEVICES_FILE}", "w", encoding="utf-8") as out:
+        json.dump(devices, out)
+    open(f"{IMPORT_DIR}/{READY_MARK}", "w").close()
+    return Result(ok=True, entries=count)
+
+
+def replay_task(request: Request, clock: _Clock) -> Result:
+    _require_ready(IMAGE_CACHE)
+    tree = None
+    if request.with_rootfs:
+        _require_ready(CACHE)
+        tree = DirTree(CACHE_ROOTFS)
+    mounts.overlay(f"{IMAGE_CACHE}/rootfs", ROOTFS, SESSION_DIR)
+    with open(f"{IMAGE_CACHE}/{DEVICES_FILE}", encoding="utf-8") as stream:
+        devices = [serial.from_data(Entry, item) for item in json.load(stream)]
+    clock.lap("setup")
+    check = request.session
+    status, output, failed = replay.replay(
+        ROOTFS, list(check.command), devices,
+        script=f"{INPUT_DIR}/{CHECK}" if check.script else None)
+    clock.lap("verify")
+    return Result(ok=True, replays=(Replay(status, output, _lookups(failed, tree)),))
+
+
+# --- main ------------------------------------------------------------------------
 
 def main(argv: list[str]) -> int:
     collector = _Collector()
     logger = logging.getLogger("nbic")
     logger.addHandler(collector)
-    logger.setLevel(logging.WARNING)
+    logger.setLevel(logging.INFO)
     logger.propagate = False
-    spec = SessionSpec.from_json(argv[1])
+    request = serial.loads(Request, argv[1])
     os.makedirs(OUTPUT_DIR, exist_ok=True)
+    clock = _Clock()
     try:
-        result = run_session(spec, collector)
+        match request.task:
+            case Task.SESSION:
+                result = session_task(request, clock)
+            case Task.IMPORT_IMAGE:
+                result = import_image_task()
+            case Task.REPLAY:
+                result = replay_task(request, clock)
     except (NbicError, OSError) as exc:
-        result = SessionResult(ok=False, error=str(exc), warnings=tuple(collector.messages))
+        result = Result(ok=False, error=str(exc))
     except Exception:
-        result = SessionResult(ok=False, error="agent failure:\n" + traceback.format_exc())
+        result = Result(ok=False, error="agent failure:\n" + traceback.format_exc())
+    result = replace(result, notices=tuple(collector.notices),
+                     warnings=tuple(collector.warnings), seconds=clock.seconds)
     with open(f"{OUTPUT_DIR}/{RESULT_FILE}", "w", encoding="utf-8") as out:
-        out.write(result.to_json())
+        out.write(serial.dumps(result))
     return 0 if result.ok else 2
 
 

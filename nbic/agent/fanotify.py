@@ -57,7 +57,11 @@ class FanotifyTracer:
         self._fd = fanotify_init(flags, event_flags)  # EPERM: not permitted here
         fanotify_mark(self._fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM,
                       EVENTS | FAN_ONDIR | FAN_EVENT_ON_CHILD, AT_FDCWD, mount_point)
-        self.paths: set[str] = set()
+        # path -> (call, program): the first use of each file.
+        self.uses: dict[str, tuple[str, str]] = {}
+        # pid -> the program it executed, from exec events: a short-lived process
+        # is often gone before its events are read.
+        self._programs: dict[int, str] = {}
         self.error: str | None = None
         # Written to by finish(): wakes the reader at once instead of at its next poll.
         self._wake_read, self._wake_write = os.pipe()
@@ -98,7 +102,7 @@ class FanotifyTracer:
     def _parse(self, buffer: bytes) -> None:
         offset = 0
         while offset + _METADATA.size <= len(buffer):
-            length, _version, _reserved, _meta_len, mask, fd, _pid = \
+            length, _version, _reserved, _meta_len, mask, fd, pid = \
                 _METADATA.unpack_from(buffer, offset)
             offset += length
             if mask & FAN_Q_OVERFLOW:
@@ -106,23 +110,43 @@ class FanotifyTracer:
             if fd == FAN_NOFD:
                 continue
             try:
-                self._record(fd, mask)
+                self._record(fd, mask, pid)
             finally:
                 os.close(fd)
 
-    def _record(self, fd: int, mask: int) -> None:
+    def _inside(self, path: str) -> str | None:
+        if path == self._root or path.startswith(self._root + "/"):
+            return path[len(self._root):] or "/"
+        return None
+
+    def _program(self, pid: int) -> str:
+        """The program of the process that caused an event, as the session names it."""
+        if pid in self._programs:
+            return self._programs[pid]
+        try:
+            return self._inside(os.readlink(f"/proc/{pid}/exe")) or "?"
+        except OSError:
+            return "a process gone since"
+
+    def _record(self, fd: int, mask: int, pid: int) -> None:
         path = os.readlink(f"/proc/self/fd/{fd}")
         if path.endswith(_DELETED):
             return
-        if path == self._root or path.startswith(self._root + "/"):
-            self.paths.add(path[len(self._root):] or "/")
+        inside = self._inside(path)
+        if inside is not None and mask & FAN_OPEN_EXEC:
+            # The process becomes this program (ld.so is opened for exec too, after it).
+            self._programs.setdefault(pid, inside)
+            self.uses.setdefault(inside, ("exec", inside))
+        elif inside is not None and inside not in self.uses:
+            call = "open" if mask & FAN_OPEN else "read"
+            self.uses[inside] = (call, self._program(pid))
         # Later events for this inode say nothing new: stop them at the source.
         ignore = EVENTS | (FAN_ONDIR if mask & FAN_ONDIR else 0)
         with contextlib.suppress(OSError):  # only a speed-up; the event is recorded
             fanotify_mark(self._fd, FAN_MARK_ADD | FAN_MARK_IGNORED_MASK |
                           FAN_MARK_IGNORED_SURV_MODIFY, ignore, fd, None)
 
-    def finish(self) -> set[str]:
+    def finish(self) -> dict[str, tuple[str, str]]:
         """Stop after the session's processes are gone: drain all that is queued."""
         os.write(self._wake_write, b"x")
         if self._thread.is_alive():
@@ -137,4 +161,4 @@ class FanotifyTracer:
             os.close(self._fd)
         if self.error:
             raise TraceError(self.error)
-        return self.paths
+        return self.uses

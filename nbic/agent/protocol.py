@@ -1,24 +1,44 @@
 """What the host tells the agent, and what the agent reports back.
 
-Both sides import this module; it is plain data, standard library only.
+Both sides import this module; it is plain data, standard library only, sent
+as JSON through nbic.serial.
 """
 
 from __future__ import annotations
 
 import enum
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-# Paths inside the session container.
-CACHE_ROOTFS = "/cache/rootfs"  # the imported rootfs, read-only
-READY_MARK = "ready"  # beside rootfs/ in the cache volume, written when an import is complete
-SESSION_DIR = "/nbic-session"  # a tmpfs: overlay upper and work dirs
+from nbic.selection import Selection
+
+# Paths inside the agent's container.
+CACHE = "/cache"  # the rootfs volume, read-only: rootfs/ and the ready mark
+CACHE_ROOTFS = f"{CACHE}/rootfs"
+READY_MARK = "ready"  # beside rootfs/ in a cache volume, written when an import is complete
+IMAGE_CACHE = "/image"  # `nbic verify`: the image's volume (rootfs/ + ready), read-only
+IMPORT_DIR = "/import"  # a volume being imported into (read-write)
+SESSION_DIR = "/nbic-session"  # a tmpfs: overlay upper and work dirs, the replay root
 ROOTFS = "/rootfs"  # the session's merged view; chroot target
-INPUT_DIR = "/nbic-in"  # files the host put in before start (a --script)
+INPUT_DIR = "/nbic-in"  # files the host put in before start
 OUTPUT_DIR = "/nbic-out"  # what the host fetches after the agent exits
+SCRIPT = "script"  # the session's --script, in INPUT_DIR
+CHECK = "check"  # the verify check, in INPUT_DIR
+IMAGE_INPUT = "image.cpio"  # `nbic verify`: the image to import, uncompressed, in INPUT_DIR
+# In OUTPUT_DIR, fetched in one archive: the result always, the rest on success.
 RESULT_FILE = "result.json"
-TRACE_FILE = "trace.list"
-IMAGE_TAR = "image.tar"
+REPORT_FILE = "report.json"
+IMAGE_FILE = "image.cpio"
+
+
+def spec_input(index: int) -> str:
+    """Where the host puts the index-th file a spec list reads (Selection.spec_locations)."""
+    return f"{INPUT_DIR}/spec/{index}"
+
+
+class Task(enum.Enum):
+    SESSION = "session"  # trace a session in the rootfs, write the image (and replay it)
+    IMPORT_IMAGE = "import-image"  # unpack INPUT_DIR/image.cpio into IMPORT_DIR/rootfs
+    REPLAY = "replay"  # replay the check on the image volume alone (`nbic verify`)
 
 
 class Tracer(enum.Enum):
@@ -26,57 +46,52 @@ class Tracer(enum.Enum):
     FANOTIFY = "fanotify"
     PTRACE = "ptrace"
     BOTH = "both"
-    NONE = "none"  # nothing traced: only --files-from lists (and a baseline to measure)
+    NONE = "none"  # nothing traced: only the selection's lists
 
 
 @dataclass(frozen=True)
-class SessionSpec:
-    command: tuple[str, ...] = ()  # empty: the rootfs's /chroot, else /bin/sh
-    script: str | None = None  # name of a script under INPUT_DIR
+class Session:
+    command: tuple[str, ...] = ()  # empty: the script, the rootfs's /chroot, else /bin/sh
+    script: bool = False  # INPUT_DIR/script is the session
     tracer: Tracer = Tracer.AUTO
-    interactive: bool = False
-    term: str = "vt100"
-    extra_paths: tuple[str, ...] = ()  # from --files-from lists
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    devices: tuple[str, ...] = ()  # --dev texts, parsed by the agent
-    init: str | None = None
-    strict: bool = False
-    # For tests of the overflow path: a bounded queue read only after the session.
-    bounded_queue: bool = False
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        data["tracer"] = self.tracer.value
-        return json.dumps(data)
-
-    @classmethod
-    def from_json(cls, text: str) -> SessionSpec:
-        data = json.loads(text)
-        data["tracer"] = Tracer(data["tracer"])
-        for key in ("command", "extra_paths", "include", "exclude", "devices"):
-            data[key] = tuple(data[key])
-        return cls(**data)
+    interactive: bool = False  # a TTY is attached
 
 
 @dataclass(frozen=True)
-class SessionResult:
+class Request:
+    task: Task
+    selection: Selection = field(default_factory=Selection)
+    # SESSION: what runs; REPLAY: the check (its command, or INPUT_DIR/check as script).
+    session: Session = field(default_factory=Session)
+    with_rootfs: bool = True  # REPLAY: the reference rootfs is mounted too, to name fixes
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A path a replay looked up and did not find."""
+
+    path: str
+    program: str
+    in_rootfs: bool = False  # the reference rootfs has it: a file to add
+
+
+@dataclass(frozen=True)
+class Replay:
+    status: int  # the check's exit status
+    output: str  # its output (stdout and stderr, tail)
+    missing: tuple[Lookup, ...] = ()
+
+
+@dataclass(frozen=True)
+class Result:
     ok: bool
     error: str = ""
     session_status: int | None = None
     tracer: str = ""
     traced: int = 0
     entries: int = 0
-    warnings: tuple[str, ...] = field(default=())
-    notices: tuple[str, ...] = field(default=())
+    replays: tuple[Replay, ...] = ()  # one per verify round
+    fixed: tuple[str, ...] = ()  # paths --fix added
+    notices: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
     seconds: dict[str, float] = field(default_factory=dict)  # time per phase
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> SessionResult:
-        data = json.loads(text)
-        data["warnings"] = tuple(data.get("warnings", ()))
-        data["notices"] = tuple(data.get("notices", ()))
-        return cls(**data)

@@ -13,11 +13,12 @@ import codecs
 import os
 import posixpath
 import re
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from nbic import elf
 from nbic.cpio.entry import FileType
+from nbic.errors import ElfError
 from nbic.tree import Tree
 
 STRACE = "strace"
@@ -44,18 +45,25 @@ def _unescape(text: str) -> str:
 
 
 class _Process:
-    __slots__ = ("chrooted", "cwd", "moved")
+    __slots__ = ("chrooted", "cwd", "moved", "program")
 
-    def __init__(self, chrooted: bool = False, cwd: str = "/"):
+    def __init__(self, chrooted: bool = False, cwd: str = "/", program: str = "?"):
         self.chrooted = chrooted
         self.cwd = cwd
         self.moved = False  # changed directory itself
+        self.program = program  # what it last executed, as the session names it
 
 
 @dataclass
 class StraceTrace:
-    paths: set[str] = field(default_factory=set)  # every path looked up
+    # path -> (call, program): the first lookup of each path that found it, and
+    # of each that did not (ENOENT, ENOTDIR).
+    used: dict[str, tuple[str, str]] = field(default_factory=dict)
+    failed: dict[str, tuple[str, str]] = field(default_factory=dict)
     executed: set[str] = field(default_factory=set)  # programs execve'd successfully
+
+
+_NOT_FOUND = (" ENOENT ", " ENOTDIR ")
 
 
 def parse(lines: Iterable[str], root: str) -> StraceTrace:
@@ -64,7 +72,6 @@ def parse(lines: Iterable[str], root: str) -> StraceTrace:
     processes: dict[str, _Process] = {}
     pending: dict[str, str] = {}
     trace = StraceTrace()
-    paths = trace.paths
 
     def inside(path: str) -> str | None:
         if path == root or path.startswith(root + "/"):
@@ -85,7 +92,7 @@ def parse(lines: Iterable[str], root: str) -> StraceTrace:
         call = _CALL.match(rest)
         if not call:
             continue
-        name, args, result, _tail = call.groups()
+        name, args, result, tail = call.groups()
         if pid not in processes:
             # A child's first calls can be logged before its parent's clone()
             # returns. Only the first process runs outside the chroot, and it
@@ -94,6 +101,7 @@ def parse(lines: Iterable[str], root: str) -> StraceTrace:
         process = processes[pid]
         if name in _FORKS and result.isdigit():
             child = processes.setdefault(result, _Process(process.chrooted))
+            child.program = process.program
             if not child.moved:
                 child.cwd = process.cwd
             continue
@@ -122,71 +130,51 @@ def parse(lines: Iterable[str], root: str) -> StraceTrace:
         path = posixpath.normpath(path)
         if path.startswith("//"):
             path = path[1:]
-        paths.add(path)
+        if result == "-1" and any(code in tail for code in _NOT_FOUND):
+            trace.failed.setdefault(path, (name, process.program))
+            continue
+        trace.used.setdefault(path, (name, process.program))
         # With -y the returned fd shows where an open really landed.
         opened = _FD.match(result)
         if opened:
             landed = inside(opened.group(2))
             if landed:
-                paths.add(landed)
+                trace.used.setdefault(landed, (name, process.program))
         if name == "chdir" and result == "0":
             process.cwd, process.moved = path, True
         if name in ("execve", "execveat") and result == "0":
             trace.executed.add(path)
+            process.program = path
     return trace
 
 
-def complete(trace: StraceTrace, tree: Tree) -> set[str]:
-    """Add what the kernel itself opens, which no system call shows: the real file
-    behind each path, and the interpreters of executed programs (ELF PT_INTERP,
-    a script's #! line)."""
-    result = set(trace.paths)
-    pending = list(trace.executed)
+def complete(trace: StraceTrace, tree: Tree) -> dict[str, tuple[str, str]]:
+    """The paths used, with what the kernel itself opens, which no system call
+    shows: the real file behind each path, and the interpreters of executed
+    programs (ELF PT_INTERP, a script's #! line)."""
+    result = dict(trace.used)
+    pending = [(program, program) for program in trace.executed]
     while pending:
-        program = tree.resolve(pending.pop()).target
-        if program is None or ("/" + program in result and program in trace.executed):
+        path, program = pending.pop()
+        target = tree.resolve(path).target
+        if target is None:
             continue
-        result.add("/" + program)
-        interpreter = _interpreter(tree, program)
+        result.setdefault("/" + target, ("exec", program))
+        try:
+            interpreter = elf.interpreter(tree, target)
+        except ElfError:
+            continue  # the kernel ran it: the session has replaced it since
         if interpreter and interpreter not in result:
-            result.add(interpreter)
-            pending.append(interpreter)
-    for path in trace.paths:
+            result[interpreter] = ("interpreter", program)
+            pending.append((interpreter, program))
+    for path, use in trace.used.items():
         target = tree.resolve(path).target
         if target and target != ".":
-            result.add("/" + target)
+            result.setdefault("/" + target, use)
+    for path, use in trace.failed.items():
+        # A dangling symlink fails the lookup, yet it is in the rootfs: it goes in.
+        link = tree.resolve(path, follow_last=False).target
+        entry = tree.get(link) if link else None
+        if entry is not None and entry.type is FileType.SYMLINK:
+            result.setdefault(path, use)
     return result
-
-
-_ELF_HEADER = struct.Struct("<4sB11xHHIQQQIHHHHHH")
-_PROGRAM_HEADER = struct.Struct("<IIQQQQQQ")
-_PT_INTERP = 3
-
-
-def _interpreter(tree: Tree, name: str) -> str | None:
-    entry = tree.get(name)
-    if entry is None or entry.type is not FileType.FILE:
-        return None
-    try:
-        with tree.open(name) as stream:
-            head = stream.read(4096)
-            if head.startswith(b"#!"):
-                words = head[2:].split(b"\n", 1)[0].split()
-                return os.fsdecode(words[0]) if words else None
-            if len(head) < _ELF_HEADER.size or not head.startswith(b"\x7fELF") or head[4] != 2:
-                return None  # only 64-bit little-endian ELF is read here
-            fields = _ELF_HEADER.unpack_from(head)
-            phoff, phentsize, phnum = fields[6], fields[10], fields[11]
-            for index in range(phnum):
-                stream.seek(phoff + index * phentsize)
-                header = stream.read(_PROGRAM_HEADER.size)
-                if len(header) < _PROGRAM_HEADER.size:
-                    return None
-                kind, _flags, offset, _vaddr, _paddr, size = \
-                    _PROGRAM_HEADER.unpack(header)[:6]
-                if kind == _PT_INTERP:
-                    stream.seek(offset)
-                    return os.fsdecode(stream.read(size).split(b"\0", 1)[0])
-    except OSError:
-        return None
-    return None

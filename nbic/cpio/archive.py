@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
@@ -93,19 +91,15 @@ class _Group:
         self.remaining = names
         self.size = 0
         self.source: DataSource | None = None
-        self.spool: tempfile.SpooledTemporaryFile | None = None
 
 
 class _Assembler:
     """Writes ordered members: renumbers inodes from 1, clamps mtimes, and puts
-    a hardlink group's data on its last name. A stream's sources are readable
-    only while current (a tar carries the data on the first name), so with
-    `transient_sources` early data is held in a spool until the last name."""
+    a hardlink group's data on its last name."""
 
-    def __init__(self, out: BinaryIO, epoch: int | None, transient_sources: bool):
+    def __init__(self, out: BinaryIO, epoch: int | None):
         self._writer = NewcWriter(out)
         self._epoch = epoch
-        self._transient = transient_sources
         self._next_ino = 1
         self._groups: dict[object, _Group] = {}
         self._last_key: tuple[bytes, ...] | None = None
@@ -141,24 +135,13 @@ class _Assembler:
             group = self._groups[entry.link_key] = _Group(self._ino(), entry.nlink)
         group.remaining -= 1
         group.size = max(group.size, entry.size)
-        if source is not None and group.source is None and group.spool is None:
-            if self._transient and group.remaining:
-                group.spool = tempfile.SpooledTemporaryFile(max_size=64 << 20)  # noqa: SIM115
-                with source() as data:
-                    shutil.copyfileobj(data, group.spool, 1 << 20)
-            else:
-                group.source = source
+        if source is not None and group.source is None:
+            group.source = source
         if group.remaining:
             self._write(self._final(entry, group.ino, 0), None)
             return
         del self._groups[entry.link_key]
-        final = self._final(entry, group.ino, group.size)
-        if group.spool is not None:
-            group.spool.seek(0)
-            with group.spool:
-                self._write(final, lambda: _borrowed(group.spool))
-        else:
-            self._write(final, group.source)
+        self._write(self._final(entry, group.ino, group.size), group.source)
 
     def _write(self, entry: Entry, source: DataSource | None) -> None:
         if entry.type is FileType.FILE and entry.size:
@@ -178,17 +161,11 @@ class _Assembler:
         self._writer.close()
 
 
-@contextmanager
-def _borrowed(stream: BinaryIO) -> Iterator[BinaryIO]:
-    yield stream
-
-
-def write_archive(out: BinaryIO, members: Iterable[Member], *, epoch: int | None = None,
-                  presorted: bool = False) -> ArchiveStats:
-    """Write `members` as one newc archive. Unless `presorted` (a stream already in
-    final order with group sizes in nlink), they are ordered first."""
-    assembler = _Assembler(out, epoch, transient_sources=presorted)
-    for member in members if presorted else order(members):
+def write_archive(out: BinaryIO, members: Iterable[Member], *, epoch: int | None = None
+                  ) -> ArchiveStats:
+    """Write `members` as one newc archive, in the deterministic order."""
+    assembler = _Assembler(out, epoch)
+    for member in order(members):
         assembler.add(member)
     assembler.close()
     return ArchiveStats(assembler.entries, assembler.data_bytes)

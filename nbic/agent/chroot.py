@@ -1,9 +1,10 @@
-"""Running the user's session chrooted in the merged rootfs.
+"""Running a program chrooted in the session's root (the user's session, or a
+replay's check).
 
-The agent is PID 1 of the container. The session runs as a child in its own
+The agent is PID 1 of the container. The program runs as a child in its own
 session and process group (with the TTY as its controlling terminal when there
-is one), so Ctrl-C reaches the session and not the agent. When the session's
-main process ends, whatever it left running is killed, so that the trace can be
+is one), so Ctrl-C reaches the session and not the agent. When its main
+process ends, whatever it left running is killed, so that the trace can be
 drained knowing no process will open anything more.
 """
 
@@ -27,14 +28,30 @@ def session_environment(term: str) -> dict[str, str]:
             "PATH": SESSION_PATH, "LANG": "C.UTF-8"}
 
 
-def run(argv: list[str], env: dict[str, str], *, chroot_dir: str | None) -> int:
+def release_terminal() -> None:
+    """Give up the TTY the engine made the agent's controlling terminal, so the
+    session can take it without stealing it (which needs CAP_SYS_ADMIN in the
+    initial user namespace: rootless engines cannot)."""
+    if not os.isatty(0):
+        return
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        fcntl.ioctl(0, termios.TIOCNOTTY)
+    except OSError as exc:
+        if exc.errno != errno.ENOTTY:  # not ours to give up: nothing to do
+            raise
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def run(argv: list[str], env: dict[str, str], *, chroot_dir: str | None,
+        output: int | None = None) -> int:
     """Run argv (chrooted into chroot_dir if given) and return its exit status
-    as a shell reports it (128 + signal number when killed)."""
-    if os.isatty(0):
-        _release_terminal()
+    as a shell reports it (128 + signal number when killed). With `output`, its
+    stdout and stderr go to that fd."""
     pid = os.fork()
     if pid == 0:
-        _child(argv, env, chroot_dir)
+        _child(argv, env, chroot_dir, output)
     forwarded = {}
 
     def forward(signum, _frame):
@@ -59,26 +76,17 @@ def run(argv: list[str], env: dict[str, str], *, chroot_dir: str | None) -> int:
         128 + os.WTERMSIG(status)
 
 
-def _release_terminal() -> None:
-    """Give up the controlling terminal so the session can take it: stealing it
-    (TIOCSCTTY with force) needs CAP_SYS_ADMIN in the host's user namespace,
-    which a rootless container lacks (EPERM). The SIGHUP this sends to PID 1's
-    own process group is ignored."""
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    try:
-        fcntl.ioctl(0, termios.TIOCNOTTY)
-    except OSError as exc:
-        if exc.errno != errno.ENOTTY:  # not ours to give up: nothing to do
-            raise
-    finally:
-        signal.signal(signal.SIGHUP, previous)
-
-
-def _child(argv: list[str], env: dict[str, str], chroot_dir: str | None) -> None:
+def _child(argv: list[str], env: dict[str, str], chroot_dir: str | None,
+           output: int | None) -> None:
     try:
         os.setsid()
-        if os.isatty(0):
-            fcntl.ioctl(0, termios.TIOCSCTTY, 0)  # PID 1 released it
+        if output is not None:
+            os.dup2(output, 1)
+            os.dup2(output, 2)
+            null = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(null, 0)
+        elif os.isatty(0):
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
         if chroot_dir:

@@ -1,0 +1,272 @@
+"""`nbic run`: a traced session in a container, and the image of what it used.
+
+The recipe: connect to the engine, find the builder image, make sure the
+rootfs is cached, run the agent's session in a container (attached to the
+terminal or streaming its output), then fetch in one archive the agent's
+result, its report and the uncompressed image, which is compressed on the way
+into the output file. The output appears only when the agent (and the replay
+check, with --verify) succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import posixpath
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from nbic import engine, rootfs, serial, terminal
+from nbic import selection as selections
+from nbic.agent.protocol import (
+    CHECK,
+    IMAGE_FILE,
+    INPUT_DIR,
+    OUTPUT_DIR,
+    REPORT_FILE,
+    RESULT_FILE,
+    SCRIPT,
+    Request,
+    Result,
+    Session,
+    Task,
+    Tracer,
+    spec_input,
+)
+from nbic.cpio.compress import CompressionSpec, compressed_writer
+from nbic.errors import NbicError, UsageError
+from nbic.output import add_compression_argument, atomic_output, compression_from_args
+from nbic.selection import Selection, Verify
+from nbic.verify import VerifyError, describe_failed_replay
+
+log = logging.getLogger("nbic")
+
+HELP = "run a traced session in a rootfs and compile what it used into an image"
+CHUNK = 1 << 20
+
+
+class SessionError(NbicError):
+    """The session could not be traced or imaged."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    output: str
+    compression: CompressionSpec
+    rootfs: str | None = None
+    session: Session = field(default_factory=Session)
+    selection: Selection = field(default_factory=Selection)
+    script: str | None = None  # host path of the session's script
+    check: str | None = None  # host path of the verify check (default: the script)
+    report: str | None = None  # where to write the JSON report
+
+
+@dataclass(frozen=True)
+class RunResult:
+    result: Result
+    image_bytes: int | None  # compressed size (None on standard output)
+    raw_bytes: int  # uncompressed size
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM, and SIGHUP (the terminal went away), unwind like Ctrl-C, so every
+    cleanup runs: no container and no partial output is left behind."""
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, interrupt)
+                for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def agent_command(request: Request) -> list[str]:
+    return ["python3", "-m", "nbic.agent", serial.dumps(request)]
+
+
+def _inputs(config: RunConfig) -> dict[str, Path]:
+    """The files the agent needs, by their name under INPUT_DIR."""
+    files: dict[str, Path] = {}
+    if config.script:
+        files[SCRIPT] = Path(config.script)
+    if config.selection.verify is not Verify.OFF:
+        check = config.check or config.script
+        if check is None:
+            raise UsageError("--verify and --fix replay --check FILE, or the session's "
+                             "--script: give one")
+        files[CHECK] = Path(check)
+    for index, location in enumerate(config.selection.spec_locations()):
+        files[posixpath.relpath(spec_input(index), INPUT_DIR)] = Path(location)
+    for name, path in files.items():
+        if not path.is_file():
+            raise UsageError(f"{path} is not a readable file (for {name})")
+    return files
+
+
+def compile_session(config: RunConfig) -> RunResult:
+    inputs = _inputs(config)
+    source = rootfs.parse_source(config.rootfs)
+    request = Request(Task.SESSION, config.selection, config.session)
+    with interruptible():
+        client = engine.connect()
+        engine.remove_stale_containers(client)  # of runs killed outright (kill -9)
+        builder = engine.builder_image(client)
+        volume = rootfs.ensure(client, source, builder)
+        interactive = config.session.interactive
+        with engine.container(
+                client, builder, agent_command(request), role="session",
+                volumes={volume: {"bind": "/cache", "mode": "ro"}},
+                tty=interactive, stdin_open=interactive, hostname="nbic",
+                **engine.agent_privileges()) as created:
+            if inputs:
+                engine.put_files(created, INPUT_DIR, inputs)
+            if interactive:
+                terminal.interact(created)
+            else:
+                engine.start(created, "starting the session")
+                _relay(created)
+            status = engine.wait(created)
+            outcome = _collect(created, config, status)
+    result = outcome.result
+    log.info("wrote %s: %d entries from %d traced paths (%s tracer), %d bytes, %s bytes as %s",
+             config.output, result.entries, result.traced, result.tracer, outcome.raw_bytes,
+             outcome.image_bytes if outcome.image_bytes is not None else "?",
+             config.compression)
+    if result.session_status:
+        log.warning("the session exited with status %d; the image holds what it used",
+                    result.session_status)
+    return outcome
+
+
+def _collect(created: Any, config: RunConfig, status: int) -> RunResult:
+    """One archive of OUTPUT_DIR: the result, the report, the image. The image is
+    compressed into the output as it streams; the output is kept only if the
+    result says so."""
+    result: Result | None = None
+    raw_bytes = 0
+    image_bytes: int | None = None
+    with ExitStack() as stack:
+        members = stack.enter_context(engine.fetch_tree(created, OUTPUT_DIR))
+        for info, data in members:
+            if data is None:
+                continue
+            name = posixpath.basename(info.name)
+            if name == RESULT_FILE:
+                result = serial.loads(Result, data.read().decode("utf-8"))
+                _show(result)
+            elif name == REPORT_FILE and config.report:
+                with atomic_output(config.report) as out:
+                    _copy(data, out)
+            elif name == IMAGE_FILE:
+                raw = stack.enter_context(atomic_output(config.output))
+                with compressed_writer(raw, config.compression) as stream:
+                    raw_bytes = _copy(data, stream)
+                raw.flush()
+                image_bytes = raw.tell() if raw.seekable() else None
+        if result is None:
+            raise SessionError(f"the session agent ended ({status}) without a result:\n"
+                               f"{engine.logs_tail(created)}")
+        if not result.ok:
+            raise SessionError(result.error)
+        _judge_replays(result)
+    return RunResult(result, image_bytes, raw_bytes)
+
+
+def _copy(source: BinaryIO, target: BinaryIO) -> int:
+    copied = 0
+    while chunk := source.read(CHUNK):
+        target.write(chunk)
+        copied += len(chunk)
+    return copied
+
+
+def _show(result: Result) -> None:
+    log.debug("session phases (s): %s", result.seconds)
+    for notice in result.notices:
+        log.info("%s", notice)
+    for warning in result.warnings:
+        log.warning("%s", warning)
+
+
+def _judge_replays(result: Result) -> None:
+    """Say what each replay found; a failed last one fails the run."""
+    if not result.replays:
+        return
+    for path in result.fixed:
+        log.info("verify --fix added %s", path)
+    last = result.replays[-1]
+    if last.status == 0:
+        log.info("verify: the check passed on the image alone (%d replay%s)",
+                 len(result.replays), "" if len(result.replays) == 1 else "s")
+        return
+    raise VerifyError(describe_failed_replay(last) + "\nthe image was not written")
+
+
+def _relay(created: Any) -> None:
+    for out, err in engine.output(created):
+        if out:
+            sys.stdout.buffer.write(out)
+            sys.stdout.buffer.flush()
+        if err:
+            sys.stderr.buffer.write(err)
+            sys.stderr.buffer.flush()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rootfs", metavar="SRC",
+                        help="FILE.tar[.gz|.xz|.zst], a directory, docker:IMAGE or "
+                        f"debootstrap:SUITE (default: {rootfs.DEFAULT_SOURCE}, cached)")
+    parser.add_argument("-o", "--output", metavar="OUT", required=True,
+                        help="image to write (.cpio, .cpio.zst, .gz, .xz, .lz4)")
+    parser.add_argument("--script", metavar="FILE",
+                        help="run this script (copied in) as the session")
+    parser.add_argument("--tracer", choices=[t.value for t in Tracer], default="auto",
+                        help="fanotify (default where permitted), ptrace (strace: also "
+                        "stat-only lookups), both, or none (only the lists)")
+    selections.add_arguments(parser)
+    add_compression_argument(parser)
+    verify = parser.add_argument_group("replay check")
+    verify.add_argument("--verify", action="store_true",
+                        help="replay the check (--check FILE, else the --script) on the "
+                        "image alone; if it fails, the image is not written")
+    verify.add_argument("--check", metavar="FILE",
+                        help="the check to replay, when it differs from the session")
+    verify.add_argument("--fix", action="store_true",
+                        help="--verify, and add what the replay looked up and the rootfs "
+                        "has, then replay again (a few rounds at most)")
+    parser.add_argument("--report", metavar="FILE",
+                        help="write a JSON report: every entry and why it is in the image, "
+                        "failed lookups, verify rounds")
+    parser.add_argument("command", nargs=argparse.REMAINDER,
+                        help="-- COMMAND [ARGS...]: run this instead of /chroot or a shell")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    command = tuple(args.command[1:] if args.command[:1] == ["--"] else args.command)
+    if command and args.script:
+        raise UsageError("give a command or --script, not both")
+    verify = Verify.FIX if args.fix else Verify.CHECK if args.verify or args.check \
+        else Verify.OFF
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    return RunConfig(
+        output=args.output, compression=compression_from_args(args, args.output),
+        rootfs=args.rootfs,
+        session=Session(command=command, script=bool(args.script), tracer=Tracer(args.tracer),
+                        interactive=interactive),
+        selection=selections.from_args(args, verify=verify),
+        script=args.script, check=args.check, report=args.report)
+
+
+def run(args: argparse.Namespace) -> int:
+    outcome = compile_session(config_from_args(args))
+    return outcome.result.session_status or 0
+
