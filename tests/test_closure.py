@@ -14,8 +14,9 @@ from nbic.selection import FileList, InitMode, Selection, SpecList
 from nbic.tree import DirTree, TarTree
 
 
-def select(tree, wanted, selection=Selection()):
+def select(tree, wanted, selection=None):
     """The plan for `wanted` given as a file list."""
+    selection = selection or Selection()
     lists = (FileList("test.list", tuple(wanted)),) if wanted else ()
     return plan(tree, Selection(**{**selection.__dict__, "file_lists": lists}))
 
