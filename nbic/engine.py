@@ -436,13 +436,27 @@ def _translated(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield from chunks
 
 
+def _archive(created: Any, path: str) -> Iterator[bytes]:
+    """get_archive, once more after the container has stopped if it failed with
+    HTTP 500: Podman still takes a container whose process has just ended for a
+    running one, and then opens the mount namespace of the process that is gone
+    (seen 1 time in 5 right after the attach stream ends)."""
+    try:
+        return created.get_archive(path, chunk_size=1 << 20)[0]
+    except _sdk().errors.APIError as exc:
+        if exc.status_code != 500:
+            raise
+    created.wait(condition="not-running", timeout=60)
+    return created.get_archive(path, chunk_size=1 << 20)[0]
+
+
 @contextmanager
 def fetch_tree(created: Any, path: str
                ) -> Iterator[Iterator[tuple[tarfile.TarInfo, BinaryIO | None]]]:
     """Stream a path out of a (possibly stopped) container: (member, data) pairs,
     each member's data readable until the next is taken."""
     with docker_errors(f"fetching {path} from a container"):
-        chunks, _stat = created.get_archive(path, chunk_size=1 << 20)
+        chunks = _archive(created, path)
     stream = io.BufferedReader(ChunkReader(_translated(chunks)), 1 << 20)
     with tarfile.open(fileobj=stream, mode="r|", encoding="utf-8",
                       errors="surrogateescape") as archive:
