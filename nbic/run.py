@@ -127,6 +127,7 @@ def compile_session(config: RunConfig) -> RunResult:
     request = Request(Task.SESSION, config.selection, config.session)
     with interruptible():
         client = engine.connect()
+        engine.remove_stale_containers(client)  # of runs killed outright (kill -9)
         builder = engine.builder_image(client)
         volume = rootfs.ensure(client, source, builder)
         interactive = config.session.interactive
