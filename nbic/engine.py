@@ -559,6 +559,12 @@ def put_stream(created: Any, directory: str, chunks: Iterator[bytes], what: str)
             raise EngineError(f"{what}: Docker refused the archive")
 
 
+def exit_status(created: Any, command: list[str], what: str) -> int:
+    """Run a command in a running container; its exit status (output dropped)."""
+    with docker_errors(what):
+        return int(created.exec_run(command).exit_code)
+
+
 def run_in(created: Any, command: list[str], what: str) -> str:
     with docker_errors(what):
         result = created.exec_run(command)

@@ -19,6 +19,7 @@ import shlex
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -29,7 +30,7 @@ from nbic.cache import user_cache
 from nbic.cpio.archive import Member, order
 from nbic.cpio.compress import decompressor_for, detect
 from nbic.cpio.entry import FileType
-from nbic.cpio.source import CHUNK, ByteSource, DecompressedSource
+from nbic.cpio.source import CHUNK, ByteSource, ChunkReader, DecompressedSource
 from nbic.errors import NbicError, RootfsError, UsageError
 from nbic.output import atomic_output
 from nbic.tarstream import write_tar
@@ -129,6 +130,42 @@ def _directory_chunks(root: str) -> Iterator[bytes]:
 
 def _opener(tree: DirTree, name: str) -> Callable[[], BinaryIO]:
     return lambda: tree.open(name)
+
+
+def without_device_nodes(chunks: Iterator[bytes], left_out: list[str]) -> Iterator[bytes]:
+    """A tar stream without its device nodes and hardlinks to them (their names go
+    into `left_out`), rewritten by a thread through a pipe: memory stays bounded."""
+    read_fd, write_fd = os.pipe()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with os.fdopen(write_fd, "wb") as out, \
+                    tarfile.open(fileobj=ChunkReader(chunks), mode="r|",
+                                 errors="surrogateescape") as source, \
+                    tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
+                                 errors="surrogateescape") as target:
+                nodes: set[str] = set()
+                for info in source:
+                    if info.ischr() or info.isblk() or (info.islnk()
+                                                        and info.linkname in nodes):
+                        nodes.add(info.name)
+                        left_out.append(info.name.lstrip("./"))
+                        continue
+                    target.addfile(info, source.extractfile(info) if info.isreg() else None)
+        except BaseException as exc:  # reported by the reading side
+            failure.append(exc)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    with os.fdopen(read_fd, "rb") as stream:
+        while chunk := stream.read(CHUNK):
+            yield chunk
+    thread.join()
+    if failure:
+        if isinstance(failure[0], tarfile.TarError):
+            raise RootfsError(f"cannot read the rootfs tar: {failure[0]}") from None
+        raise failure[0]
 
 
 def _digest(chunks: Iterator[bytes]) -> str:
@@ -242,7 +279,10 @@ def _import(client, source: RootfsSource, builder: str, volume: str) -> None:
     mounts = {volume: {"bind": IMPORT_DIR, "mode": "rw"}}
     if source.kind is SourceKind.DEBOOTSTRAP:
         index = shlex.join(INDEX_COMMAND)
-        script = (f"debootstrap --variant=minbase {source.location} {IMPORT_DIR}/rootfs "
+        # Where no device node can be made (rootless engines), debootstrap is told
+        # it runs in a container, where it makes none.
+        script = (f"mknod /tmp/nbic-probe c 1 3 2>/dev/null || export container=lxc; "
+                  f"debootstrap --variant=minbase {source.location} {IMPORT_DIR}/rootfs "
                   f"{source.mirror} && {index} && touch {IMPORT_DIR}/{READY_MARK}")
         with engine.container(client, builder, ["sh", "-c", script], role="import",
                               volumes=mounts) as helper:
@@ -255,13 +295,23 @@ def _import(client, source: RootfsSource, builder: str, volume: str) -> None:
                           volumes=mounts) as helper:
         engine.start(helper, "starting the import container")
         engine.run_in(helper, ["mkdir", "-p", f"{IMPORT_DIR}/rootfs"], "preparing the import")
-        if source.kind is SourceKind.DOCKER:
-            with engine.exported_image(client, source.location) as chunks:
-                engine.put_stream(helper, f"{IMPORT_DIR}/rootfs", chunks, f"importing {source}")
-        else:
-            chunks = (_file_chunks(source.location) if source.kind is SourceKind.TAR
-                      else _directory_chunks(source.location))
+        # A rootless engine cannot make device nodes, and refuses an archive with any.
+        nodes = engine.exit_status(helper, ["mknod", "/tmp/nbic-probe", "c", "1", "3"],
+                                   "probing the engine") == 0
+        with ExitStack() as stack:
+            if source.kind is SourceKind.DOCKER:
+                chunks = stack.enter_context(engine.exported_image(client, source.location))
+            else:
+                chunks = (_file_chunks(source.location) if source.kind is SourceKind.TAR
+                          else _directory_chunks(source.location))
+            left_out: list[str] = []
+            if not nodes:
+                chunks = without_device_nodes(chunks, left_out)
             engine.put_stream(helper, f"{IMPORT_DIR}/rootfs", chunks, f"importing {source}")
+        if left_out:
+            log.info("this engine cannot make device nodes (a rootless engine): %d of the "
+                     "rootfs's were left out (/%s, ...); images still get the nodes a boot "
+                     "needs and those a session opens", len(left_out), left_out[0])
         engine.run_in(helper, INDEX_COMMAND, "indexing the rootfs")
         engine.run_in(helper, ["touch", f"{IMPORT_DIR}/{READY_MARK}"], "finishing the import")
 
