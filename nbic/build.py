@@ -25,7 +25,8 @@ from nbic import __version__, engine, lock, rootfs, serial
 from nbic import recipe as recipes
 from nbic.agent.protocol import Session, Tracer
 from nbic.boot import BootConfig, BootOutcome, BootResult, boot, format_result
-from nbic.errors import BuildError, NbicError, UsageError
+from nbic.errors import BuildError, NbicError
+from nbic.kernel import parse_kernel_source, resolve_kernel
 from nbic.recipe import RecipeDir
 from nbic.run import RunConfig, RunResult, compile_session
 
@@ -156,19 +157,20 @@ def _rebuild(recipe: RecipeDir, locked: lock.Lock, image: Path, report: Path) ->
 
 
 def _kernel(config: BuildConfig, recipe: RecipeDir) -> Path | None:
-    """The kernel for the boot check: --kernel (from the current directory), else
-    the recipe's (from its directory); None for no boot check."""
+    """The kernel for the boot check: --kernel (a file from the current directory),
+    else the recipe's (a file from its directory); either may be a package source
+    such as debian:bookworm:linux-image-amd64, fetched once and cached. None: no
+    boot check."""
     if config.kernel is not None:
-        text, base = config.kernel, Path()
+        text = config.kernel
     elif recipe.recipe.boot.kernel is not None:
-        text, base = recipe.recipe.boot.kernel, recipe.directory
+        text = recipe.recipe.boot.kernel
+        if parse_kernel_source(text) is None:
+            text = str(recipe.directory / text)
     else:
         log.info("%s: no kernel (give --kernel or [boot] kernel): no boot check", recipe.name)
         return None
-    if text.startswith("debian:"):
-        raise UsageError(f"kernel {text}: package kernel sources are not supported by this "
-                         "nbic yet; give a kernel file")
-    return base / text
+    return resolve_kernel(text).boot_kernel
 
 
 def _boot_check(recipe: RecipeDir, image: Path, kernel: Path) -> BootResult:

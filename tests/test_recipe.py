@@ -152,6 +152,7 @@ def test_recipe_selection_keys_are_the_command_line_options(tmp_path, monkeypatc
     (tmp_path / "a.list").write_text("/etc/hostname\n")
     values = {"files-from": [str(tmp_path / "a.list")], "include": ["/etc/*"],
               "exclude": ["/etc/shadow"], "include-bin": ["/usr/bin/ls"], "dev": ["ttyS0"],
+              "modules": ["loop", "drivers/block/*"], "kernel-release": "6.1.0-50-amd64",
               "init": "none", "strict": True}
     parser = argparse.ArgumentParser()
     selections.add_arguments(parser)
@@ -161,7 +162,8 @@ def test_recipe_selection_keys_are_the_command_line_options(tmp_path, monkeypatc
     from_recipe = selections.from_mapping(values, epoch=0)
     assert from_cli == from_recipe
     assert {option.name for option in selections.OPTIONS} == {
-        "files-from", "spec", "include", "exclude", "include-bin", "dev", "init", "strict"}
+        "files-from", "spec", "include", "exclude", "include-bin", "dev", "modules",
+        "kernel-release", "init", "strict"}
 
 
 def test_find_recipes(tmp_path):
