@@ -288,6 +288,25 @@ def builder_image(client: docker.DockerClient) -> str:
     return tag
 
 
+def build_image(client: docker.DockerClient, dockerfile: Path, tag: str) -> str:
+    """Build an image from a Dockerfile, its directory as the context (Docker's
+    layer cache makes a rebuild of an unchanged one quick); returns its id."""
+    try:
+        image, logs = client.images.build(path=str(dockerfile.parent),
+                                          dockerfile=dockerfile.name, tag=tag, rm=True,
+                                          forcerm=True, labels={LABEL: "rootfs-image"})
+    except _sdk().errors.BuildError as exc:
+        tail = "".join(str(line.get("stream", line.get("error", ""))) for line in
+                       list(exc.build_log)[-8:]).strip()
+        raise EngineError(f"docker build {dockerfile} failed: {exc.msg}\n{tail}") from exc
+    except _failures() as exc:
+        raise EngineError(f"docker build {dockerfile}: {_explain(exc)}") from exc
+    for line in logs:
+        if text := str(line.get("stream", "")).strip():
+            log.debug("docker build: %s", text)
+    return str(image.id)
+
+
 # --- containers ---------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Reference rootfs sources and their cache of Docker volumes.
 
-A source (a tar, a directory, a Docker image, or a Debian suite to
-debootstrap) is imported once into a volume named by its content digest; later
+A source (a tar, a directory, a Docker image, a Dockerfile to build, or a
+Debian suite to debootstrap) is imported once into a volume named by its content digest; later
 sessions mount that volume read-only under an overlay, so the cache is never
 changed by a session. Imports go through Docker's archive API as one stream:
 the host never extracts the rootfs, and debootstrap runs in a container.
@@ -43,12 +43,14 @@ DEFAULT_MIRROR = os.environ.get("NBIC_DEBIAN_MIRROR", "http://deb.debian.org/deb
 VOLUME_PREFIX = "nbic-rootfs-"
 # Sessions read the rootfs's index instead of walking it (nbic.agent.rootfs_index).
 INDEX_COMMAND = ["python3", "-m", "nbic.agent", serial.dumps(Request(Task.INDEX))]
+ROOTFS_IMAGE_REPOSITORY = "nbic-rootfs"  # images built from dockerfile: sources
 
 
 class SourceKind(enum.Enum):
     TAR = "tar"
     DIR = "dir"
     DOCKER = "docker"
+    DOCKERFILE = "dockerfile"  # built with Docker, then imported like an image
     DEBOOTSTRAP = "debootstrap"
 
 
@@ -59,15 +61,19 @@ class RootfsSource:
     mirror: str = DEFAULT_MIRROR
 
     def __str__(self) -> str:
+        """The text parse_source reads back as this source."""
         if self.kind is SourceKind.DEBOOTSTRAP:
-            return f"debootstrap:{self.location}"
-        if self.kind is SourceKind.DOCKER:
-            return f"docker:{self.location}"
+            mirror = "" if self.mirror == DEFAULT_MIRROR else f":{self.mirror}"
+            return f"debootstrap:{self.location}{mirror}"
+        if self.kind in (SourceKind.DOCKER, SourceKind.DOCKERFILE):
+            return f"{self.kind.value}:{self.location}"
         return self.location
 
 
-def parse_source(text: str | None) -> RootfsSource:
-    """`FILE.tar[.gz|.xz|.zst]`, `DIR`, `docker:REF`, `debootstrap:SUITE[:MIRROR]`."""
+def parse_source(text: str | None, base: Path | None = None) -> RootfsSource:
+    """`FILE.tar[.gz|.xz|.zst]`, `DIR`, `docker:REF`, `dockerfile:PATH`,
+    `debootstrap:SUITE[:MIRROR]`. Relative paths are found from `base` (a
+    recipe's directory) when given."""
     text = text or DEFAULT_SOURCE
     if text.startswith("docker:"):
         return RootfsSource(SourceKind.DOCKER, text.removeprefix("docker:"))
@@ -76,13 +82,18 @@ def parse_source(text: str | None) -> RootfsSource:
         if not suite:
             raise UsageError("debootstrap: needs a suite, e.g. debootstrap:bookworm")
         return RootfsSource(SourceKind.DEBOOTSTRAP, suite, mirror or DEFAULT_MIRROR)
-    path = Path(text)
+    if text.startswith("dockerfile:"):
+        dockerfile = (base or Path()) / text.removeprefix("dockerfile:")
+        if not dockerfile.is_file():
+            raise RootfsError(f"rootfs {text}: {dockerfile} is not a file")
+        return RootfsSource(SourceKind.DOCKERFILE, str(dockerfile.resolve()))
+    path = (base or Path()) / text
     if path.is_dir():
         return RootfsSource(SourceKind.DIR, str(path.resolve()))
     if path.is_file():
         return RootfsSource(SourceKind.TAR, str(path.resolve()))
-    raise RootfsError(f"rootfs {text} does not exist (give a tar, a directory, docker:IMAGE "
-                      "or debootstrap:SUITE)")
+    raise RootfsError(f"rootfs {text} does not exist (give a tar, a directory, docker:IMAGE, "
+                      "dockerfile:PATH or debootstrap:SUITE)")
 
 
 # --- tar streams of each source ----------------------------------------------
@@ -248,16 +259,33 @@ def cache_key(client, source: RootfsSource) -> str:
             return digest
         case SourceKind.DOCKER:
             return engine.image_id(client, source.location).removeprefix("sha256:")
+        case SourceKind.DOCKERFILE:
+            return cache_key(client, built(client, source))
         case SourceKind.DEBOOTSTRAP:
             text = f"debootstrap\0{source.location}\0{source.mirror}\0minbase"
             return hashlib.sha256(text.encode()).hexdigest()
     raise UsageError(f"unknown rootfs kind {source.kind}")
 
 
+def built(client, source: RootfsSource) -> RootfsSource:
+    """A Dockerfile source as the image Docker builds from it (tagged by the
+    Dockerfile's digest, so a copy of a recipe shares the image)."""
+    dockerfile = Path(source.location)
+    try:
+        digest = hashlib.sha256(dockerfile.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise RootfsError(f"cannot read {dockerfile}: {exc.strerror}") from None
+    log.info("rootfs %s: docker build", source)
+    image = engine.build_image(client, dockerfile, f"{ROOTFS_IMAGE_REPOSITORY}:{digest[:16]}")
+    return RootfsSource(SourceKind.DOCKER, image)
+
+
 # --- the cache ----------------------------------------------------------------
 
 def ensure(client, source: RootfsSource, builder: str) -> str:
     """The name of a volume holding `source` under rootfs/, importing it if needed."""
+    if source.kind is SourceKind.DOCKERFILE:
+        source = built(client, source)
     key = cache_key(client, source)
     name = VOLUME_PREFIX + key[:16]
     if engine.find_volume(client, name) is not None:

@@ -235,8 +235,9 @@ def _relay(created: Any) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rootfs", metavar="SRC",
-                        help="FILE.tar[.gz|.xz|.zst], a directory, docker:IMAGE or "
-                        f"debootstrap:SUITE (default: {rootfs.DEFAULT_SOURCE}, cached)")
+                        help="FILE.tar[.gz|.xz|.zst], a directory, docker:IMAGE, "
+                        "dockerfile:PATH or debootstrap:SUITE (default: "
+                        f"{rootfs.DEFAULT_SOURCE}, cached)")
     parser.add_argument("-o", "--output", metavar="OUT", required=True,
                         help="image to write (.cpio, .cpio.zst, .gz, .xz, .lz4)")
     parser.add_argument("--script", metavar="FILE",
