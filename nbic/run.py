@@ -40,7 +40,8 @@ from nbic.agent.protocol import (
     spec_input,
 )
 from nbic.cpio.compress import CompressionSpec, compressed_writer
-from nbic.errors import NbicError, UsageError
+from nbic.cpio.spec import open_location
+from nbic.errors import NbicError, SpecError, UsageError
 from nbic.output import add_compression_argument, atomic_output, compression_from_args
 from nbic.selection import Selection, Verify
 from nbic.usage import size_report
@@ -109,6 +110,13 @@ def _inputs(config: RunConfig) -> dict[str, Path]:
         files[CHECK] = Path(check)
     for index, location in enumerate(config.selection.spec_locations()):
         files[posixpath.relpath(spec_input(index), INPUT_DIR)] = Path(location)
+    for spec_list in config.selection.spec_lists:  # nothing is followed below ${NBIC_ROOT}
+        for item in spec_list.items:
+            if item.root is not None and item.location is not None:
+                try:
+                    open_location(item.location, item.root).close()
+                except SpecError as exc:
+                    raise SpecError(f"spec list {spec_list.name}:{item.line}: {exc}") from None
     for name, path in files.items():
         if not path.is_file():
             raise UsageError(f"{path} is not a readable file (for {name})")
@@ -122,6 +130,7 @@ def compile_session(config: RunConfig) -> RunResult:
                       kernel=config.kernel_output is not None)
     with interruptible():
         client = engine.connect()
+        engine.remove_stale_containers(client)  # of runs killed outright (kill -9)
         builder = engine.builder_image(client)
         volume = rootfs.ensure(client, source, builder)
         interactive = config.session.interactive
@@ -235,8 +244,9 @@ def _relay(created: Any) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rootfs", metavar="SRC",
-                        help="FILE.tar[.gz|.xz|.zst], a directory, docker:IMAGE or "
-                        f"debootstrap:SUITE (default: {rootfs.DEFAULT_SOURCE}, cached)")
+                        help="FILE.tar[.gz|.xz|.zst], a directory, docker:IMAGE, "
+                        "dockerfile:PATH or debootstrap:SUITE (default: "
+                        f"{rootfs.DEFAULT_SOURCE}, cached)")
     parser.add_argument("-o", "--output", metavar="OUT", required=True,
                         help="image to write (.cpio, .cpio.zst, .gz, .xz, .lz4)")
     parser.add_argument("--script", metavar="FILE",
