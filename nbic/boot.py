@@ -138,6 +138,14 @@ class Forward:
             raise UsageError(f"--hostfwd {text!r}: ports are 1..65535")
         return forward
 
+    @classmethod
+    def from_free_port(cls, guest_port: int) -> Forward:
+        """A forward from a loopback port that is free now (QEMU binds it a moment
+        later: a port taken in between is QEMU's clear error, not a wrong page)."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return cls(probe.getsockname()[1], guest_port)
+
     def option(self) -> str:
         return f"hostfwd=tcp:{self.host}:{self.host_port}-:{self.guest_port}"
 

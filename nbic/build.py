@@ -5,6 +5,8 @@ The recipe of a build: load the recipe, run its session with the replay check
 (`run --verify`, or `--fix`), write OUTDIR/NAME.cpio.zst and its report
 (OUTDIR/NAME.report.json: every entry and why it is there), boot it in QEMU
 when a kernel is known and judge the console, then write images/NAME/nbic.lock.
+A recipe with kernel modules also gets OUTDIR/NAME.vmlinuz, the rootfs's own
+kernel of the modules' release, and that is the kernel its boot check boots.
 
 `--locked` runs no session: it makes the image again from the lock (a run with
 no tracer, the locked paths as its file list) and keeps it only if every
@@ -24,7 +26,16 @@ from pathlib import Path
 from nbic import __version__, engine, lock, rootfs, serial
 from nbic import recipe as recipes
 from nbic.agent.protocol import Session, Tracer
-from nbic.boot import BootConfig, BootOutcome, BootResult, boot, format_result
+from nbic.boot import (
+    BootConfig,
+    BootOutcome,
+    BootResult,
+    Fetch,
+    Forward,
+    Nic,
+    boot,
+    format_result,
+)
 from nbic.errors import BuildError, NbicError
 from nbic.kernel import parse_kernel_source, resolve_kernel
 from nbic.recipe import RecipeDir
@@ -60,20 +71,27 @@ class Built:
 
 def build(directory: Path, config: BuildConfig) -> Built:
     recipe = recipes.load(directory)
-    kernel = _kernel(config, recipe) if config.boot else None
+    # An image with modules boots the kernel they were built for: the rootfs's
+    # own, written beside the image by the run.
+    own_kernel = config.output_dir / f"{recipe.name}.vmlinuz" \
+        if recipe.selection().modules else None
+    kernel = _kernel(config, recipe) if config.boot and own_kernel is None else None
+    if own_kernel is not None and config.kernel is not None:
+        log.warning("%s: --kernel is not used: the image's modules load only into the "
+                    "rootfs's own kernel, %s", recipe.name, own_kernel)
     config.output_dir.mkdir(parents=True, exist_ok=True)
     image = config.output_dir / recipe.image_name
     report = config.output_dir / f"{recipe.name}.report.json"
     started = time.monotonic()
     if config.locked:
         locked = lock.load(recipe.lock_file)
-        outcome = _rebuild(recipe, locked, image, report)
+        outcome = _rebuild(recipe, locked, image, report, own_kernel)
     else:
-        outcome, locked = _compile(recipe, image, report)
+        outcome, locked = _compile(recipe, image, report, own_kernel)
     compile_seconds = time.monotonic() - started
     booted = None
-    if kernel is not None:
-        booted = _boot_check(recipe, image, kernel)
+    if config.boot and (own_kernel or kernel) is not None:
+        booted = _boot_check(recipe, image, own_kernel or kernel)
     if not config.locked and lock.write(recipe.lock_file, locked):
         log.info("wrote %s", recipe.lock_file)
     return Built(recipe.name, image, image.stat().st_size, outcome.raw_bytes,
@@ -91,7 +109,8 @@ def _source_and_digest(recipe: RecipeDir) -> tuple[rootfs.RootfsSource, str]:
     return source, rootfs.cache_key(client, source)
 
 
-def _compile(recipe: RecipeDir, image: Path, report: Path) -> tuple[RunResult, lock.Lock]:
+def _compile(recipe: RecipeDir, image: Path, report: Path, kernel: Path | None
+             ) -> tuple[RunResult, lock.Lock]:
     source, digest = _source_and_digest(recipe)
     selection = recipe.selection()
     compression = recipe.compression()
@@ -100,7 +119,7 @@ def _compile(recipe: RecipeDir, image: Path, report: Path) -> tuple[RunResult, l
         session=Session(command=recipe.recipe.command, script=recipe.script is not None,
                         tracer=recipe.recipe.tracer),
         selection=selection, script=_text(recipe.script), check=_text(recipe.check),
-        report=str(report)))
+        report=str(report), kernel_output=_text(kernel)))
     if outcome.result.session_status:
         raise BuildError(f"{recipe.name}: the session exited with status "
                          f"{outcome.result.session_status}")
@@ -113,7 +132,8 @@ def _compile(recipe: RecipeDir, image: Path, report: Path) -> tuple[RunResult, l
     return outcome, locked
 
 
-def _rebuild(recipe: RecipeDir, locked: lock.Lock, image: Path, report: Path) -> RunResult:
+def _rebuild(recipe: RecipeDir, locked: lock.Lock, image: Path, report: Path,
+             kernel: Path | None) -> RunResult:
     """The locked image again, from the rootfs, without a session; written only if
     it is the locked one, entry by entry and byte for byte."""
     if locked.nbic != __version__:
@@ -134,7 +154,7 @@ def _rebuild(recipe: RecipeDir, locked: lock.Lock, image: Path, report: Path) ->
             session=Session(command=NO_SESSION, script=recipe.script is not None,
                             tracer=Tracer.NONE),
             selection=lock.rebuild_selection(locked, recipe.directory),
-            script=_text(recipe.script), report=str(report)))
+            script=_text(recipe.script), report=str(report), kernel_output=_text(kernel)))
         rebuilt = lock.image_entries(candidate, lock.origins(report))
         differences = lock.differences(locked.entries, rebuilt)
         if differences:
@@ -175,7 +195,13 @@ def _kernel(config: BuildConfig, recipe: RecipeDir) -> Path | None:
 
 def _boot_check(recipe: RecipeDir, image: Path, kernel: Path) -> BootResult:
     check = recipe.recipe.boot
-    result = boot(image, BootConfig(kernel=kernel, append=check.append,
+    nic = fetch = None
+    if check.fetch is not None:
+        forward = Forward.from_free_port(check.fetch.port)
+        nic = Nic(forwards=(forward,))
+        fetch = Fetch(f"http://127.0.0.1:{forward.host_port}{check.fetch.path}",
+                      check.fetch.expect)
+    result = boot(image, BootConfig(kernel=kernel, nic=nic, fetch=fetch, append=check.append,
                                     memory_mb=check.memory, timeout=check.timeout,
                                     expect=check.expect))
     log.info("%s: %s", recipe.name, format_result(result, tail_lines=0))
@@ -190,6 +216,8 @@ def _text(path: Path | None) -> str | None:
 
 def summary(built: Built) -> str:
     booted = "no boot check" if built.boot is None else f"boot {built.boot.seconds:.1f}s"
+    if built.boot is not None and built.boot.fetch_seconds is not None:
+        booted += f" (page read at {built.boot.fetch_seconds:.1f}s)"
     return (f"{built.name}: passed: {built.image} {built.image_bytes} bytes "
             f"({built.raw_bytes} raw, {built.entries} entries); build "
             f"{built.compile_seconds:.1f}s (replay check {built.replay_seconds:.1f}s), "

@@ -18,7 +18,12 @@ built the same way on every change (`nbic build`, nbic.build).
     append = "quiet"                   # kernel command line after console=ttyS0 panic=-1
     memory = 512                       # MiB
     timeout = 300                      # seconds
-    kernel = "vmlinux"                 # a file, or a package source (or `build --kernel`)
+    kernel = "vmlinux"                 # a file, or a package source (or `build --kernel`);
+                                       # with modules, the rootfs's own (OUTDIR/NAME.vmlinuz)
+    [boot.fetch]                       # after the markers, the host reads a page the guest
+    port = 80                          # serves on this port, through a forward from a free
+    path = "/"                         # loopback port (an e1000 NIC on QEMU's user
+    expect = "ADDRESS"                 # networking); the page must hold `expect`
 
 The file is read with the standard library's tomllib and decoded strictly
 (nbic.serial): an unknown key or a value of the wrong type is an error naming
@@ -46,12 +51,20 @@ LOCK_FILE = "nbic.lock"
 
 
 @dataclass(frozen=True)
+class PageCheck:
+    port: int = 80  # the guest's
+    path: str = "/"
+    expect: str = ""
+
+
+@dataclass(frozen=True)
 class BootCheck:
     expect: tuple[str, ...] = ()
     append: str = ""
     memory: int = 512
     timeout: float = 300.0
     kernel: str | None = None
+    fetch: PageCheck | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +176,10 @@ def _check(loaded: RecipeDir) -> None:
     if recipe.boot.memory < 16 or recipe.boot.timeout <= 0:
         raise RecipeError(f"{where}: boot: memory must be at least 16 (MiB) and timeout "
                           "positive (seconds)")
+    fetch = recipe.boot.fetch
+    if fetch is not None and not (0 < fetch.port < 65536 and fetch.path.startswith("/")):
+        raise RecipeError(f"{where}: boot.fetch: port must be 1..65535 and path start "
+                          "with /")
     try:
         loaded.compression()
     except NbicError as exc:
