@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,7 +35,6 @@ from nbic.boot import (
 from nbic.cpio.image import read_entries
 
 KERNEL = os.environ.get("NBIC_BENCH_BZIMAGE", "/var/cache/nbic-ci/kernel/vmlinuz")
-NODE_ROOTFS_IMAGE = "nbic-bench-node:latest"
 NODE_ADDRESS = "10.0.2.15"  # QEMU's user networking's DHCP gives the one guest this
 TRANSFER_MB = 200
 
@@ -81,14 +81,16 @@ def bash_image() -> Bootable:
 
 
 def node_image() -> Bootable:
-    """images/node: its rootfs built with Docker, the image by a traced session with
-    its modules, and its rootfs's own kernel."""
-    run(["docker", "build", "-q", "-t", NODE_ROOTFS_IMAGE, "images/node"], cwd=REPO)
-    image, kernel = workdir("node.cpio.zst"), workdir("node.vmlinuz")
-    run([NBIC, "-q", "run", "--rootfs", f"docker:{NODE_ROOTFS_IMAGE}", "--script",
-         "images/node/session.sh", "--modules", "e1000", "--kernel-out", kernel, "-o", image],
-        cwd=REPO)
-    return Bootable("node", kernel, image, f"NBIC-NODE-ADDRESS {NODE_ADDRESS}")
+    """images/node as `nbic build` makes it (its rootfs built with Docker, a traced
+    session with its modules, its rootfs's own kernel), from a copy of the recipe:
+    a build writes its lock beside it."""
+    recipe = workdir("node-recipe")
+    shutil.rmtree(recipe, ignore_errors=True)
+    shutil.copytree(os.path.join(REPO, "images", "node"), recipe)
+    out = workdir("node-build")
+    run([NBIC, "-q", "build", recipe, "-o", out, "--no-boot"])
+    return Bootable("node", os.path.join(out, "node.vmlinuz"),
+                    os.path.join(out, "node.cpio.zst"), f"NBIC-NODE-ADDRESS {NODE_ADDRESS}")
 
 
 def boot_directory(bootable: Bootable) -> str:
