@@ -90,8 +90,9 @@ def build(directory: Path, config: BuildConfig) -> Built:
         outcome, locked = _compile(recipe, image, report, own_kernel)
     compile_seconds = time.monotonic() - started
     booted = None
-    if config.boot and (own_kernel or kernel) is not None:
-        booted = _boot_check(recipe, image, own_kernel or kernel)
+    boot_kernel = own_kernel or kernel
+    if config.boot and boot_kernel is not None:
+        booted = _boot_check(recipe, image, boot_kernel)
     if not config.locked and lock.write(recipe.lock_file, locked):
         log.info("wrote %s", recipe.lock_file)
     return Built(recipe.name, image, image.stat().st_size, outcome.raw_bytes,
