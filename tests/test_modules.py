@@ -9,7 +9,7 @@ from rootfs_factory import make_rootfs
 
 from nbic.closure import plan
 from nbic.errors import RootfsError, UsageError
-from nbic.modules import closure, module_name
+from nbic.modules import closure, kernel_image, module_name
 from nbic.selection import InitMode, Selection
 from nbic.tree import DirTree
 
@@ -82,3 +82,12 @@ def test_modules_go_into_the_image_through_the_selection(tree):
     assert image.reasons["usr/lib/firmware/e1000/fw.bin"] == \
         "kernel module: firmware of e1000"
     assert image.entries["lib"].linkname == "usr/lib"
+
+
+def test_the_kernel_of_the_modules_is_the_rootfs_boot_vmlinuz_of_their_release(tree):
+    with pytest.raises(RootfsError, match=f"no /boot/vmlinuz-{KVER} in .*install its package"):
+        kernel_image(tree, None)
+    (tree.root / "boot").mkdir()
+    (tree.root / "boot" / f"vmlinuz-{KVER}").write_bytes(b"kernel")
+    (tree.root / "boot" / "vmlinuz-5.10.0-1-amd64").write_bytes(b"another kernel")
+    assert kernel_image(DirTree(tree.root), None) == (KVER, f"boot/vmlinuz-{KVER}")
