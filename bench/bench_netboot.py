@@ -84,7 +84,7 @@ def node_image() -> Bootable:
     """images/node as `nbic build` makes it (its rootfs built with Docker, a traced
     session with its modules, its rootfs's own kernel), from a copy of the recipe:
     a build writes its lock beside it."""
-    recipe = workdir("node-recipe")
+    recipe = workdir("recipes", "node")  # the directory's name is the image's
     shutil.rmtree(recipe, ignore_errors=True)
     shutil.copytree(os.path.join(REPO, "images", "node"), recipe)
     out = workdir("node-build")
