@@ -18,6 +18,11 @@ Verdict rules, first decisive event wins:
   markers: /init ran and exited 0 (or powered the machine off).
 * TIMED_OUT: none of that within ``timeout`` seconds of wall time.
 
+With a ``Fetch`` the host also reads a page from the running guest (through
+a ``Forward`` of QEMU's user networking) once every marker has appeared: the
+boot passes only when that page answered 200 with its text, fails when the
+answer is another or /init ends first, and QEMU runs until it answered.
+
 QEMU runs with KVM where /dev/kvm is usable, else with TCG (emulation). A
 device that opens is not always a KVM that works (nested virtualisation may
 refuse the host CPU model): when QEMU then exits with an error before the
@@ -83,8 +88,6 @@ _CMDLINE_ECHO = re.compile(r"(Kernel command line|Command line):")
 # their explanation (the closing parenthesis may wrap to the next line).
 _NO_BOOT_DEVICE = re.compile(r"No bootable device")
 _IPXE_ERROR = re.compile(r"(\S.*?) \(https?://ipxe\.org/[0-9a-f]+")
-# The kernel echoes its command line; a marker there is not the guest's doing.
-_CMDLINE_ECHO = re.compile(r"(Kernel command line|Command line):")
 # Terminal control sequences (SeaBIOS clears the screen, for one): noise.
 _ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
 
