@@ -91,8 +91,8 @@ def bench(n: int = 3) -> list[Result]:
                  ("python-import", _python_rootfs(), _script("python-import", PYTHON_IMPORT)))
     for label, rootfs, script in workloads:
         run(_command(rootfs, script, "none"))  # warm-up: builder image, volume, page cache
-        samples = {tracer: best_of(lambda t=tracer: _seconds(run(
-            _command(rootfs, script, t), capture=True)), n) for tracer in TRACERS}
+        samples = {tracer: best_of(lambda t=tracer, r=rootfs, s=script: _seconds(run(
+            _command(r, s, t), capture=True)), n) for tracer in TRACERS}
         base = samples["none"]
         notes = [f"in-session seconds, best of {n}: "
                  + "; ".join(f"{t} {s}" for t, s in samples.items())]

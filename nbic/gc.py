@@ -64,8 +64,7 @@ def _stale_source(client: Any, volume: Any) -> str | None:
             f"its Docker image {text} now names another image"
     if not Path(text).exists():
         return f"its source {text} is gone"
-    known = rootfs.remembered_key(rootfs.parse_source(text))
-    if known is not None and known != digest:
+    if rootfs.cache_key(client, rootfs.parse_source(text)) != digest:
         return f"its source {text} has changed"
     return None
 

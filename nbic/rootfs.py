@@ -15,14 +15,15 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import tarfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from nbic import engine
-from nbic.agent.protocol import READY_MARK
+from nbic import engine, serial
+from nbic.agent.protocol import IMPORT_DIR, READY_MARK, Request, Task
 from nbic.cpio.archive import Member, order
 from nbic.cpio.compress import decompressor_for, detect
 from nbic.cpio.entry import FileType
@@ -37,7 +38,8 @@ log = logging.getLogger("nbic")
 DEFAULT_SOURCE = "debootstrap:bookworm"
 DEFAULT_MIRROR = os.environ.get("NBIC_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 VOLUME_PREFIX = "nbic-rootfs-"
-IMPORT_DIR = "/import"  # the volume, in the import container
+# Sessions read the rootfs's index instead of walking it (nbic.agent.rootfs_index).
+INDEX_COMMAND = ["python3", "-m", "nbic.agent", serial.dumps(Request(Task.INDEX))]
 
 
 class SourceKind(enum.Enum):
@@ -189,17 +191,6 @@ def _identity(source: RootfsSource) -> str:
     return _directory_manifest(source.location)
 
 
-def remembered_key(source: RootfsSource) -> str | None:
-    """The cache key of a tar or directory source as last computed, if its identity
-    (file identity, or directory manifest) is unchanged since; else None."""
-    if source.kind not in (SourceKind.TAR, SourceKind.DIR):
-        return None
-    try:
-        return _known_digests().get(_identity(source))
-    except (OSError, RootfsError):
-        return None
-
-
 def cache_key(client, source: RootfsSource) -> str:
     """The digest of a source's content. For tars and directories it is remembered
     per identity: hashing a 200 MB rootfs on every run would cost more than the run."""
@@ -246,8 +237,9 @@ def ensure(client, source: RootfsSource, builder: str) -> str:
 def _import(client, source: RootfsSource, builder: str, volume: str) -> None:
     mounts = {volume: {"bind": IMPORT_DIR, "mode": "rw"}}
     if source.kind is SourceKind.DEBOOTSTRAP:
+        index = shlex.join(INDEX_COMMAND)
         script = (f"debootstrap --variant=minbase {source.location} {IMPORT_DIR}/rootfs "
-                  f"{source.mirror} && touch {IMPORT_DIR}/{READY_MARK}")
+                  f"{source.mirror} && {index} && touch {IMPORT_DIR}/{READY_MARK}")
         with engine.container(client, builder, ["sh", "-c", script], role="import",
                               volumes=mounts) as helper:
             status = engine.run_to_end(helper, "debootstrap")
@@ -266,6 +258,7 @@ def _import(client, source: RootfsSource, builder: str, volume: str) -> None:
             chunks = (_file_chunks(source.location) if source.kind is SourceKind.TAR
                       else _directory_chunks(source.location))
             engine.put_stream(helper, f"{IMPORT_DIR}/rootfs", chunks, f"importing {source}")
+        engine.run_in(helper, INDEX_COMMAND, "indexing the rootfs")
         engine.run_in(helper, ["touch", f"{IMPORT_DIR}/{READY_MARK}"], "finishing the import")
 
 

@@ -133,8 +133,9 @@ def compile_session(config: RunConfig) -> RunResult:
             else:
                 engine.start(created, "starting the session")
                 _relay(created)
-            status = engine.wait(created)
-            outcome = _collect(created, config, status)
+            # The output ended with the agent: its result says how it went, so
+            # the engine is asked to wait only when there is none.
+            outcome = _collect(created, config)
     result = outcome.result
     log.info("wrote %s: %d entries from %d traced paths (%s tracer), %d bytes, %s bytes as %s",
              config.output, result.entries, result.traced, result.tracer, outcome.raw_bytes,
@@ -146,7 +147,7 @@ def compile_session(config: RunConfig) -> RunResult:
     return outcome
 
 
-def _collect(created: Any, config: RunConfig, status: int) -> RunResult:
+def _collect(created: Any, config: RunConfig) -> RunResult:
     """One archive of OUTPUT_DIR: the result, the report, the image. The image is
     compressed into the output as it streams; the output is kept only if the
     result says so."""
@@ -172,8 +173,8 @@ def _collect(created: Any, config: RunConfig, status: int) -> RunResult:
                 raw.flush()
                 image_bytes = raw.tell() if raw.seekable() else None
         if result is None:
-            raise SessionError(f"the session agent ended ({status}) without a result:\n"
-                               f"{engine.logs_tail(created)}")
+            raise SessionError(f"the session agent ended ({engine.wait(created)}) without a "
+                               f"result:\n{engine.logs_tail(created)}")
         if not result.ok:
             raise SessionError(result.error)
         _judge_replays(result)

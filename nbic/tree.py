@@ -127,13 +127,15 @@ class EmptyTree(Tree):
 
 
 class DirTree(Tree):
-    """A rootfs directory on the host."""
+    """A rootfs directory on the host, walked for its index unless one is given
+    (the agent keeps one of each cached rootfs; see nbic.agent.rootfs_index)."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, entries: dict[str, Entry] | None = None):
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise RootfsError(f"rootfs {root} is not a directory")
-        super().__init__(_walk(self.root), f"directory {self.root}")
+        super().__init__(_walk(self.root) if entries is None else entries,
+                         f"directory {self.root}")
 
     def open(self, name: str) -> BinaryIO:
         parts = name.split("/")

@@ -14,8 +14,9 @@ from nbic.selection import FileList, InitMode, Selection, SpecList
 from nbic.tree import DirTree, TarTree
 
 
-def select(tree, wanted, selection=Selection()):
+def select(tree, wanted, selection=None):
     """The plan for `wanted` given as a file list."""
+    selection = selection or Selection()
     lists = (FileList("test.list", tuple(wanted)),) if wanted else ()
     return plan(tree, Selection(**{**selection.__dict__, "file_lists": lists}))
 
@@ -242,3 +243,34 @@ def test_include_bin_follows_the_elf_headers(rootfs_dir):
                          "libpcre2-8.so.0", "libpcre2-8.so.0.11.2"}, libraries
     assert image.reasons["usr/bin/ls"] == "--include-bin /usr/bin/ls"
     assert "DT_NEEDED" in image.reasons["usr/lib/x86_64-linux-gnu/libselinux.so.1"]
+
+
+def test_the_merged_tree_from_an_index_equals_a_walk(tmp_path):
+    """An overlay's merged view, rebuilt from the lower layer's index and the upper
+    layer, is the tree a walk of the mounted overlay gives (emulated here without
+    mounting: the upper layer's whiteouts and opaque dirs are laid over by hand)."""
+    import os
+    import shutil
+
+    from nbic.agent.rootfs_index import merged_tree, read_index, write_index
+
+    lower = make_rootfs(tmp_path / "lower")
+    index = tmp_path / "index.json"
+    assert write_index(str(lower), str(index)) == len(DirTree(lower).entries)
+    assert read_index(str(index)).keys() == DirTree(lower).entries.keys()
+    # The session's changes: an upper layer, and the merged result made by hand.
+    upper, merged = tmp_path / "upper", tmp_path / "merged"
+    shutil.copytree(lower, merged, symlinks=True)
+    (upper / "etc").mkdir(parents=True)
+    (upper / "etc/new").write_text("new")
+    (merged / "etc/new").write_text("new")
+    os.mknod(upper / "etc/hostname", 0o600 | 0o020000, 0)  # a whiteout
+    (merged / "etc/hostname").unlink()
+    (upper / "usr/bin").mkdir(parents=True)
+    (upper / "usr/bin/cat").write_text("changed")
+    (merged / "usr/bin/cat").write_text("changed")
+    entries = merged_tree(str(merged), str(index), str(upper)).entries
+    walked = DirTree(merged).entries
+    assert entries.keys() == walked.keys()
+    assert entries["usr/bin/cat"].size == len("changed")
+    assert "etc/hostname" not in entries and entries["etc/new"].type is FileType.FILE

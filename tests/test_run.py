@@ -339,3 +339,36 @@ def test_rootfs_cache_commands(docker_engine, tmp_path):
     assert volume not in nbic("rootfs", "ls").stdout
     missing = nbic("rootfs", "rm", volume, check=False)
     assert missing.returncode == 1 and "no cached rootfs" in missing.stderr
+
+
+def test_gc_removes_what_nbic_no_longer_needs_and_nothing_in_use(docker_engine, tmp_path):
+    def volumes() -> set[str]:
+        return {volume.name for volume in docker_engine.volumes.list()}
+
+    gone, kept, used = (tmp_path / name for name in ("gone", "kept", "used"))
+    for rootfs in (gone, kept, used):
+        (rootfs / "etc").mkdir(parents=True)
+        (rootfs / "etc/marker").write_text(f"{rootfs.name} {time.time()}")
+    imported = {rootfs.name: nbic("rootfs", "import", rootfs).stdout.strip()
+                for rootfs in (gone, kept, used)}
+    shutil.rmtree(gone)
+    shutil.rmtree(used)
+    holder = docker_engine.containers.create(
+        "debian:bookworm", ["true"], volumes={imported["used"]: {"bind": "/v", "mode": "ro"}},
+        labels={"nbic-test": "gc"})
+    try:
+        before = volumes()
+        dry = nbic("gc", "--dry-run").stdout
+        assert f"would remove volume {imported['gone']}: its source {gone} is gone" in dry
+        assert imported["kept"] not in dry and imported["used"] not in dry
+        assert volumes() == before  # a dry run removes nothing
+        nbic("gc")
+        after = volumes()
+        assert imported["gone"] not in after
+        assert imported["kept"] in after and imported["used"] in after  # in use: kept
+    finally:
+        holder.remove(force=True)
+    (kept / "etc/marker").write_text("changed")
+    assert f"volume {imported['kept']}: its source {kept} has changed" in nbic("gc").stdout
+    nbic("gc")
+    assert imported["used"] not in volumes()  # no longer in use, its source gone

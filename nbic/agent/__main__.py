@@ -44,6 +44,7 @@ from nbic.agent.protocol import (
     Task,
     spec_input,
 )
+from nbic.agent.rootfs_index import INDEX_FILE, merged_tree, write_index
 from nbic.agent.trace import Trace, trace_session
 from nbic.closure import ImagePlan, SessionInit, Wanted, plan
 from nbic.cpio.archive import write_archive
@@ -113,7 +114,8 @@ def session_task(request: Request, clock: _Clock) -> Result:
         mounts.script_dir(ROOTFS, {SCRIPT: f"{INPUT_DIR}/{SCRIPT}"})
     clock.lap("setup")
     env = chroot.session_environment("xterm" if session.interactive else "vt100")
-    trace, tree = trace_session(ROOTFS, _session_argv(request), env, session.tracer)
+    trace, tree = trace_session(ROOTFS, _session_argv(request), env, session.tracer,
+                                _session_tree)
     clock.lap("session")
 
     selection = request.selection
@@ -168,7 +170,7 @@ def session_task(request: Request, clock: _Clock) -> Result:
         fixed.extend("/" + name for name in new)
         _write_image(image, tree, selection.epoch)
         clock.lap("image")
-    _write_report(image, trace, replays, fixed)
+    _write_report(request, image, trace, replays, fixed)
     return Result(ok=True, session_status=trace.status, tracer=trace.tracer,
                   traced=len(trace.uses), entries=len(image.entries), replays=tuple(replays),
                   fixed=tuple(fixed))
@@ -179,7 +181,17 @@ def _trace_check(session: Session) -> tuple[Trace, DirTree]:
     mounts.session_mounts(ROOTFS)
     mounts.script_dir(ROOTFS, {CHECK: f"{INPUT_DIR}/{CHECK}"})
     env = chroot.session_environment("vt100")
-    return trace_session(ROOTFS, [f"{mounts.SCRIPT_DIR}/{CHECK}"], env, session.tracer)
+    return trace_session(ROOTFS, [f"{mounts.SCRIPT_DIR}/{CHECK}"], env, session.tracer,
+                         _session_tree)
+
+
+def _session_tree() -> DirTree:
+    """The rootfs as the session left it: the cached index with the session's
+    changes laid over it (a volume imported before indexes existed is walked)."""
+    index = f"{CACHE}/{INDEX_FILE}"
+    if os.path.exists(index):
+        return merged_tree(ROOTFS, index, f"{SESSION_DIR}/upper")
+    return DirTree(ROOTFS)
 
 
 def _traced_reason(call: str, program: str) -> str:
@@ -216,7 +228,7 @@ def _lookups(failed: dict[str, tuple[str, str]], tree: Tree | None) -> tuple[Loo
         for path, (_call, program) in sorted(failed.items()))
 
 
-def _write_report(image: ImagePlan, trace: Trace, replays: list[Replay],
+def _write_report(request: Request, image: ImagePlan, trace: Trace, replays: list[Replay],
                   fixed: list[str]) -> None:
     """Every entry of the image with the reason it went in (`--report`)."""
     entries = [{"path": entry.path, "type": _TYPE_NAMES[entry.type],
@@ -231,6 +243,7 @@ def _write_report(image: ImagePlan, trace: Trace, replays: list[Replay],
         "verify": [serial.to_data(item) for item in replays],
         "fixed": fixed,
         "missing_from_lists": list(image.missing),
+        "selection": serial.to_data(request.selection),  # as the agent received it
     }
     with open(f"{OUTPUT_DIR}/{REPORT_FILE}", "w", encoding="utf-8",
               errors="surrogateescape") as out:
@@ -240,6 +253,13 @@ def _write_report(image: ImagePlan, trace: Trace, replays: list[Replay],
 _TYPE_NAMES = {FileType.FILE: "file", FileType.DIR: "dir", FileType.SYMLINK: "symlink",
                FileType.CHAR: "char", FileType.BLOCK: "block", FileType.FIFO: "fifo",
                FileType.SOCKET: "socket"}
+
+
+# --- imports -------------------------------------------------------------------
+
+def index_task() -> Result:
+    count = write_index(f"{IMPORT_DIR}/rootfs", f"{IMPORT_DIR}/{INDEX_FILE}")
+    return Result(ok=True, entries=count)
 
 
 # --- nbic verify -----------------------------------------------------------------
@@ -291,6 +311,8 @@ def main(argv: list[str]) -> int:
         match request.task:
             case Task.SESSION:
                 result = session_task(request, clock)
+            case Task.INDEX:
+                result = index_task()
             case Task.IMPORT_IMAGE:
                 result = import_image_task()
             case Task.REPLAY:

@@ -37,6 +37,7 @@ def spec_input(index: int) -> str:
 
 class Task(enum.Enum):
     SESSION = "session"  # trace a session in the rootfs, write the image (and replay it)
+    INDEX = "index"  # index IMPORT_DIR/rootfs after an import, for sessions to read
     IMPORT_IMAGE = "import-image"  # unpack INPUT_DIR/image.cpio into IMPORT_DIR/rootfs
     REPLAY = "replay"  # replay the check on the image volume alone (`nbic verify`)
 

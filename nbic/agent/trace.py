@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nbic.agent import chroot, mounts, strace
@@ -38,10 +39,11 @@ class Trace:
     devices: list[DeviceNode] = field(default_factory=list)
 
 
-def trace_session(root: str, argv: list[str], env: dict[str, str], choice: Tracer
-                  ) -> tuple[Trace, DirTree]:
+def trace_session(root: str, argv: list[str], env: dict[str, str], choice: Tracer,
+                  tree_after: Callable[[], DirTree]) -> tuple[Trace, DirTree]:
     """Run argv chrooted in `root` under the chosen tracers; returns what they saw
-    and the root's tree as the session left it (every mount below it undone)."""
+    and the root's tree as the session left it (`tree_after`, called once every
+    mount below the root is undone)."""
     fanotify = _start_fanotify(root, choice) if choice in (
         Tracer.AUTO, Tracer.FANOTIFY, Tracer.BOTH) else None
     use_ptrace = choice in (Tracer.PTRACE, Tracer.BOTH) or (
@@ -74,7 +76,7 @@ def trace_session(root: str, argv: list[str], env: dict[str, str], choice: Trace
     trace.devices = [node for node in map(lambda name: device_node(f"{root}/dev", name),
                                           sorted(opened)) if node is not None]
     mounts.unmount_below(root)
-    tree = DirTree(root)
+    tree = tree_after()
     if strace_trace is not None:
         for path, use in strace.complete(strace_trace, tree).items():
             trace.uses.setdefault(path, use)
