@@ -9,6 +9,7 @@ test reads act's JSON log for what each job and step did. Linting the workflow
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -61,9 +62,17 @@ def test_action_build_refuses_bad_inputs_before_building(tmp_path, inputs, compl
 def test_act_runs_the_images_workflow_building_bash_through_the_action():
     _required(os.geteuid() == 0, "ci/act runs ci/setup, which needs root")
     _required((REPO / ".venv" / "bin" / "act").is_file(), "no .venv/bin/act (run ci/setup)")
-    proc = subprocess.run([str(REPO / "ci" / "act"), "bash", "--", "--json"], cwd=REPO,
-                          capture_output=True, text=True, timeout=1800, check=False)
-    log = proc.stdout + proc.stderr
+    # Its own session: a timeout ends act and what it started (nbic, QEMU), and
+    # nbic removes its containers on SIGTERM.
+    proc = subprocess.Popen([str(REPO / "ci" / "act"), "bash", "--", "--json"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=1800)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        log, _ = proc.communicate(timeout=120)
+        pytest.fail(f"ci/act ran over 30 minutes:\n{log[-6000:]}")
     assert proc.returncode == 0, log[-6000:]
     events = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
 
