@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import bench_cache
 import bench_list
+import bench_netboot
 import bench_pack
 import bench_startup
 import bench_trace
@@ -30,6 +31,7 @@ def benchmarks(args: argparse.Namespace) -> dict[str, Callable[[], list[Result]]
         "trace": lambda: bench_trace.bench(args.n),
         "startup": lambda: bench_startup.bench(args.n),
         "cache": lambda: bench_cache.bench(args.n),
+        "netboot": lambda: bench_netboot.bench(args.n),
     }
     if args.level19:
         table["pack19"] = lambda: bench_pack.bench(19, 1)

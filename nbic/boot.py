@@ -17,6 +17,19 @@ Verdict rules, first decisive event wins:
   non-zero exit or a panic right after the markers still fails). With no
   markers: /init ran and exited 0 (or powered the machine off).
 * TIMED_OUT: none of that within ``timeout`` seconds of wall time.
+
+QEMU runs with KVM where /dev/kvm is usable, else with TCG (emulation). A
+device that opens is not always a KVM that works (nested virtualisation may
+refuse the host CPU model): when QEMU then exits with an error before the
+guest printed anything, the boot is run again with TCG.
+
+A network boot (``BootConfig.netboot``) starts QEMU with no kernel: the NIC's
+option ROM (iPXE, from Debian's ipxe-qemu) boots whatever DHCP and TFTP or
+HTTP hand it, and the same rules judge the kernel that comes up. When the
+firmware finds nothing to boot (SeaBIOS: ``No bootable device``) the boot
+FAILED, with iPXE's last error as the reason; SeaBIOS then reboots at once,
+which ``-no-reboot`` turns into QEMU's exit: a failed network boot never
+waits for the timeout.
 """
 
 from __future__ import annotations
@@ -25,16 +38,21 @@ import argparse
 import codecs
 import contextlib
 import enum
+import logging
 import os
 import re
 import selectors
 import shutil
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nbic.errors import BootError
+from nbic.errors import BootError, QemuError
+from nbic.kernel import resolve_kernel
+
+log = logging.getLogger("nbic")
 
 HELP = "boot an image in QEMU and judge it by the serial console"
 
@@ -56,8 +74,36 @@ _PANIC = re.compile(r"Kernel panic - not syncing: *(.*)")
 _POWER_OFF = re.compile(r"reboot: (Power down|System halted)")
 # The kernel echoes its command line; a marker there is not the guest's doing.
 _CMDLINE_ECHO = re.compile(r"(Kernel command line|Command line):")
+# Firmware: SeaBIOS tried every boot device; iPXE's errors end in a link to
+# their explanation (the closing parenthesis may wrap to the next line).
+_NO_BOOT_DEVICE = re.compile(r"No bootable device")
+_IPXE_ERROR = re.compile(r"(\S.*?) \(https?://ipxe\.org/[0-9a-f]+")
+# The kernel echoes its command line; a marker there is not the guest's doing.
+_CMDLINE_ECHO = re.compile(r"(Kernel command line|Command line):")
 # Terminal control sequences (SeaBIOS clears the screen, for one): noise.
 _ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
+
+
+class Accelerator(enum.Enum):
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+KVM_DEVICE = "/dev/kvm"
+
+
+def choose_accelerator(device: str | Path = KVM_DEVICE) -> Accelerator:
+    """KVM when `device` is a character device this process can open read-write
+    (what QEMU needs), else TCG."""
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return Accelerator.TCG
+    try:
+        usable = stat.S_ISCHR(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+    return Accelerator.KVM if usable else Accelerator.TCG
 
 
 class BootOutcome(enum.Enum):
@@ -67,13 +113,41 @@ class BootOutcome(enum.Enum):
 
 
 @dataclass(frozen=True)
+class NetBoot:
+    """Boot from the NIC's option ROM instead of QEMU's -kernel.
+
+    `netdev` is QEMU's -netdev backend and its options, e.g.
+    "tap,ifname=tap0,script=no,downscript=no"; `user()` makes the usual one.
+    """
+
+    netdev: str
+    nic: str = "e1000"
+
+    @classmethod
+    def user(cls, bootfile: str, tftp: Path | None = None) -> NetBoot:
+        """QEMU's user networking: its DHCP names `bootfile` (a file under the
+        built-in TFTP server's root `tftp`, or a URL); the host is 10.0.2.2."""
+        options = ["user", f"bootfile={_qemu_value(bootfile)}"]
+        if tftp is not None:
+            options.append(f"tftp={_qemu_value(str(tftp))}")
+        return cls(",".join(options))
+
+
+def _qemu_value(text: str) -> str:
+    """A value inside a QEMU option list: commas are doubled."""
+    return text.replace(",", ",,")
+
+
+@dataclass(frozen=True)
 class BootConfig:
-    kernel: Path
-    append: str = ""  # extra kernel command line
+    kernel: Path | None = None  # QEMU's -kernel; None for a network boot
+    netboot: NetBoot | None = None  # boot from the network instead of kernel + image
+    append: str = ""  # extra kernel command line (not for a network boot)
     memory_mb: int = 512
     timeout: float = 120.0  # seconds of wall time before giving up
     expect: tuple[str, ...] = ()  # markers that must all appear on the console
     qemu: str = "qemu-system-x86_64"
+    accelerator: Accelerator | None = None  # None: KVM where usable, else TCG
 
 
 @dataclass(frozen=True)
@@ -83,6 +157,8 @@ class BootResult:
     console: str  # full serial console text (CR and terminal escapes removed)
     seconds: float
     init_exit: int | None  # /init's exit status, if the kernel reported it
+    accelerator: Accelerator
+    markers_seconds: float | None = None  # from QEMU's start until every marker was seen
 
     def tail(self, lines: int = 30) -> str:
         """The last ``lines`` lines of the console."""
@@ -91,23 +167,34 @@ class BootResult:
         return "\n".join(self.console.rstrip("\n").splitlines()[-lines:])
 
 
-def qemu_command(image: Path, config: BootConfig) -> list[str]:
-    """The QEMU command line for ``boot`` (TCG: no KVM is assumed)."""
-    append = "console=ttyS0 panic=-1"
-    if config.append.strip():
-        append += " " + config.append.strip()
-    # The default TCG CPU (qemu64) measured as fast as -cpu max here, and
-    # Debian's userland needs no more than baseline x86-64.
-    return [
+def qemu_command(image: Path | None, config: BootConfig, accelerator: Accelerator
+                 ) -> list[str]:
+    """The QEMU command line for ``boot``."""
+    # KVM runs the host's CPU model. Under TCG the default CPU (qemu64) measured
+    # as fast as -cpu max, and Debian's userland needs no more than baseline x86-64.
+    cpu = ["-cpu", "host"] if accelerator is Accelerator.KVM else []
+    machine = [
         config.qemu,
         "-machine", "pc",
+        "-accel", accelerator.value,
+        *cpu,
         "-m", str(config.memory_mb),
         "-nographic",
         "-no-reboot",
-        "-kernel", str(config.kernel),
-        "-initrd", str(image),
-        "-append", append,
     ]  # fmt: skip
+    if config.netboot is not None:
+        # reboot-timeout=0: after "No bootable device" SeaBIOS reboots at once
+        # instead of retrying every 60 s, and -no-reboot ends QEMU.
+        return [
+            *machine,
+            "-netdev", f"{config.netboot.netdev},id=net0",
+            "-device", f"{config.netboot.nic},netdev=net0",
+            "-boot", "order=n,reboot-timeout=0",
+        ]  # fmt: skip
+    append = "console=ttyS0 panic=-1"
+    if config.append.strip():
+        append += " " + config.append.strip()
+    return [*machine, "-kernel", str(config.kernel), "-initrd", str(image), "-append", append]
 
 
 def _decode_exit(code: str) -> tuple[int, str]:
@@ -135,6 +222,7 @@ class _Judge:
         self.init_exit: int | None = None
         self.init_end: str | None = None  # how /init ended, in words
         self.failure: str | None = None
+        self.firmware_error: str | None = None  # iPXE's last error
 
     @property
     def console(self) -> str:
@@ -169,7 +257,12 @@ class _Judge:
         self._markers(line)
         if self.failure is not None or self.init_end is not None:
             return  # the first decisive event stands
-        if m := _RUN_INIT.search(line):
+        if m := _IPXE_ERROR.search(line):
+            self.firmware_error = m.group(1)
+        elif _NO_BOOT_DEVICE.search(line):
+            self.failure = "the firmware found no bootable device" + (
+                f" (iPXE: {self.firmware_error})" if self.firmware_error else "")
+        elif m := _RUN_INIT.search(line):
             self.init_ran = m.group(1)
         elif m := _UNPACK_FAILED.search(line):
             self.failure = f"Initramfs unpacking failed: {m.group(1).strip()}"
@@ -213,36 +306,62 @@ def _missing_text(missing: list[str]) -> str:
     return "marker(s) never appeared: " + ", ".join(repr(m) for m in missing)
 
 
-def _check_inputs(image: Path, config: BootConfig) -> None:
+def _check_inputs(image: Path | None, config: BootConfig) -> None:
     if shutil.which(config.qemu) is None:
         raise BootError(
             f"QEMU not found: {config.qemu!r} is not an executable on PATH"
             " (Debian: apt-get install qemu-system-x86)"
         )
+    if config.netboot is not None:
+        if config.kernel is not None or image is not None:
+            raise BootError("a network boot takes no kernel and no image")
+        return
+    if config.kernel is None or image is None:
+        raise BootError("a boot needs a kernel and an image, or a network boot")
     if not Path(config.kernel).is_file():
         raise BootError(f"kernel not found: {config.kernel} is not a file")
     if not Path(image).is_file():
         raise BootError(f"image not found: {image} is not a file")
 
 
-def boot(image: Path, config: BootConfig) -> BootResult:
-    """Boot ``image`` as the initrd of ``config.kernel`` and judge the console.
+def boot(image: Path | None, config: BootConfig) -> BootResult:
+    """Boot ``image`` as the initrd of ``config.kernel`` (or, with
+    ``config.netboot`` and no image, from the network) and judge the console.
 
     Raises BootError when QEMU, the kernel or the image is missing, or when
     QEMU itself fails (non-zero exit before any verdict).
     """
     _check_inputs(image, config)
+    if config.accelerator is not None:
+        return _boot_with(image, config, config.accelerator)
+    accelerator = choose_accelerator()
+    log.debug("boot: %s (%s %s)", accelerator.value, KVM_DEVICE,
+              "usable" if accelerator is Accelerator.KVM else "not usable")
+    if accelerator is Accelerator.TCG:
+        return _boot_with(image, config, accelerator)
+    try:
+        return _boot_with(image, config, accelerator)
+    except QemuError as exc:
+        if exc.guest_output:
+            raise
+        log.warning("KVM is not usable here (%s); booting with TCG", exc)
+        return _boot_with(image, config, Accelerator.TCG)
+
+
+def _boot_with(image: Path | None, config: BootConfig, accelerator: Accelerator
+               ) -> BootResult:
     judge = _Judge(tuple(config.expect))
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     stderr: list[bytes] = []
     start = time.monotonic()
     deadline = start + config.timeout
     settle_until: float | None = None
+    markers_seconds: float | None = None
     verdict: tuple[BootOutcome, str] | None = None
     try:
         # stdin from /dev/null: QEMU must never put our terminal in raw mode.
         proc = subprocess.Popen(
-            qemu_command(image, config),
+            qemu_command(image, config, accelerator),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -255,9 +374,9 @@ def boot(image: Path, config: BootConfig) -> BootResult:
             sel.register(proc.stdout, selectors.EVENT_READ, "console")
             sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
             while verdict is None:
-                if settle_until is None and judge.markers_done():
-                    settle_until = min(time.monotonic() + SETTLE_SECONDS, deadline)
                 now = time.monotonic()
+                if settle_until is None and judge.markers_done():
+                    settle_until = min(now + SETTLE_SECONDS, deadline)
                 if settle_until is not None and now >= settle_until:
                     verdict = BootOutcome.PASSED, judge.passed_reason()
                     break
@@ -278,6 +397,8 @@ def boot(image: Path, config: BootConfig) -> BootResult:
                         judge.feed(decoder.decode(data))
                     else:
                         stderr.append(data)
+                if markers_seconds is None and judge.markers_done():  # when they came
+                    markers_seconds = time.monotonic() - start
                 verdict = judge.verdict()
         seconds = time.monotonic() - start
     finally:
@@ -289,6 +410,8 @@ def boot(image: Path, config: BootConfig) -> BootResult:
         console=judge.console,
         seconds=seconds,
         init_exit=judge.init_exit,
+        accelerator=accelerator,
+        markers_seconds=markers_seconds,
     )
 
 
@@ -309,8 +432,9 @@ def _exit_verdict(
     status = proc.wait()
     if status != 0:
         err = b"".join(stderr).decode(errors="replace").strip().splitlines()
-        raise BootError(
-            f"{Path(qemu).name} exited with status {status}" + (f": {err[-1]}" if err else "")
+        raise QemuError(
+            f"{Path(qemu).name} exited with status {status}" + (f": {err[-1]}" if err else ""),
+            guest_output=bool(judge.console.strip()),
         )
     if judge.markers_done():
         return BootOutcome.PASSED, judge.passed_reason()
@@ -342,7 +466,8 @@ def format_result(result: BootResult, tail_lines: int = 30) -> str:
     ``tail_lines=0`` gives the verdict line alone.
     """
     exit_text = "" if result.init_exit is None else f", /init exit {result.init_exit}"
-    head = f"boot {result.outcome.name} in {result.seconds:.1f}s{exit_text}: {result.reason}"
+    head = (f"boot {result.outcome.name} in {result.seconds:.1f}s "
+            f"({result.accelerator.value}){exit_text}: {result.reason}")
     if result.outcome is BootOutcome.PASSED or tail_lines <= 0:
         return head
     return f"{head}\n--- last {tail_lines} console lines ---\n{result.tail(tail_lines)}"
@@ -356,9 +481,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", type=Path, help="initramfs image to boot (any compression)")
     parser.add_argument(
         "--kernel",
-        type=Path,
         required=True,
-        help="kernel for QEMU's -kernel: an ELF vmlinux (PVH) or a bzImage",
+        help="an ELF vmlinux (PVH) or a bzImage, or a package source such as "
+        "debian:bookworm:linux-image-amd64 (fetched with apt in a container once, "
+        "then cached by version)",
     )
     parser.add_argument(
         "--expect",
@@ -394,6 +520,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="QEMU binary (default: %(default)s)",
     )
     parser.add_argument(
+        "--accel",
+        choices=["auto", *(a.value for a in Accelerator)],
+        default="auto",
+        help="kvm, tcg, or auto: KVM where /dev/kvm is usable, else TCG (default: auto)",
+    )
+    parser.add_argument(
         "--console",
         action="store_true",
         help="print the whole console, not just the tail of a failure",
@@ -403,12 +535,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when the boot passed, 1 when it failed, 3 when it timed out."""
     config = BootConfig(
-        kernel=args.kernel,
+        kernel=resolve_kernel(args.kernel).boot_kernel,
         append=args.append,
         memory_mb=args.memory,
         timeout=args.timeout,
         expect=tuple(args.expect),
         qemu=args.qemu,
+        accelerator=None if args.accel == "auto" else Accelerator(args.accel),
     )
     result = boot(args.image, config)
     if args.console:

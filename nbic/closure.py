@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import BinaryIO
 
-from nbic import elf, implied
+from nbic import elf, implied, modules
 from nbic.cpio.archive import Member
 from nbic.cpio.entry import Entry, FileType, ancestors, split_path
 from nbic.cpio.spec import SpecItem
@@ -174,6 +174,8 @@ def plan(tree: Tree, selection: Selection, *, used: Iterable[Wanted] = (),
         for name in matches:
             chooser.add(name, f"--include {glob}")
     _choose_binaries(tree, chooser, selection.binaries, missing)
+    if selection.modules:
+        _choose_modules(tree, chooser, selection)
     for path, reason in implied.lookups(tree, list(chooser.chosen)):
         chooser.add_path(path, reason)
 
@@ -229,6 +231,14 @@ def _choose_binaries(tree: Tree, chooser: _Chooser, programs: tuple[str, ...],
         log.warning("--include-bin: %s not in the rootfs (%s)", lost.name, lost.why)
 
 
+def _choose_modules(tree: Tree, chooser: _Chooser, selection: Selection) -> None:
+    found = modules.closure(tree, selection.modules, selection.kernel_release)
+    for needed in found.needed:
+        chooser.add_path(needed.path, f"kernel module: {needed.why}")
+    for warning in found.warnings:
+        log.warning("%s", warning)
+
+
 def _choose_init(tree: Tree, chooser: _Chooser, selection: Selection,
                  session_init: SessionInit | None, result: ImagePlan) -> None:
     """/init: --init PATH, else the rootfs's own /init, else its /chroot script (the
@@ -262,7 +272,7 @@ def _choose_init(tree: Tree, chooser: _Chooser, selection: Selection,
                           "script in the rootfs")
     physical = chooser.add_path(target, reason)
     entry = tree.get(physical) if physical else None
-    if entry is None or entry.type is not FileType.FILE:
+    if physical is None or entry is None or entry.type is not FileType.FILE:
         raise RootfsError(f"--init {target}: not a file in {tree.description}")
     if physical != "init":
         result.entries["init"] = Entry("init", FileType.SYMLINK, perm=0o777,
@@ -347,6 +357,7 @@ def _overlay_spec_item(item: SpecItem, reason: str, spec_file: Callable[[str], s
     if entry.type is not FileType.FILE:
         _put(result, entry, reason)
         return
+    assert item.location is not None  # a `file` line always names one
     location = spec_file(item.location)
     try:
         info = os.stat(location)

@@ -471,7 +471,8 @@ def _expand(search_path: str, owner: _Object) -> Iterator[str]:
         tokens = {braced or bare for braced, bare in _DST.findall(element)}
         if any(values[token] is None for token in tokens):
             continue
-        expanded = _DST.sub(lambda match: values[match.group(1) or match.group(2)], element)
+        expanded = _DST.sub(lambda match: values[match.group(1) or match.group(2)] or "",
+                            element)
         if expanded.startswith("/"):
             yield expanded
 

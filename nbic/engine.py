@@ -17,6 +17,7 @@ import logging
 import os
 import tarfile
 import tempfile
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 if TYPE_CHECKING:
     import docker
 
+from nbic.cache import user_cache
 from nbic.cpio.source import ChunkReader
 from nbic.errors import NbicError
 
@@ -166,7 +168,7 @@ def builder_tag() -> str:
         state.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
     state.update(DOCKERFILE.read_bytes())
     key = state.hexdigest()
-    store = _cache_dir() / "builder-tags.json"
+    store = user_cache() / "builder-tags.json"
     try:
         known = json.loads(store.read_text())
     except (OSError, ValueError):
@@ -179,10 +181,6 @@ def builder_tag() -> str:
             temporary.write_text(json.dumps(known))
             os.replace(temporary, store)
     return f"{BUILDER_REPOSITORY}:{known[key][:16]}"
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nbic"
 
 
 def builder_context() -> tuple[bytes, str]:
@@ -285,7 +283,7 @@ def fetch_tree(created: Any, path: str
     stream = io.BufferedReader(ChunkReader(_translated(chunks)), 1 << 20)
     with tarfile.open(fileobj=stream, mode="r|", encoding="utf-8",
                       errors="surrogateescape") as archive:
-        yield ((info, archive.extractfile(info) if info.isreg() else None)
+        yield ((info, typing.cast(BinaryIO, archive.extractfile(info)) if info.isreg() else None)
                for info in archive)
 
 

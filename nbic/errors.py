@@ -47,3 +47,15 @@ class UnsafePathError(NbicError):
 
 class BootError(NbicError):
     """QEMU could not be started, or the boot check could not be judged."""
+
+
+class QemuError(BootError):
+    """QEMU exited with an error status before the console gave a verdict."""
+
+    def __init__(self, message: str, *, guest_output: bool):
+        self.guest_output = guest_output  # whether the guest had printed anything
+        super().__init__(message)
+
+
+class KernelError(NbicError):
+    """A kernel could not be fetched, unpacked or understood."""

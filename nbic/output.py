@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,19 +33,43 @@ def atomic_output(path: str | Path, mode: int = 0o644) -> Iterator[BinaryIO]:
     target = Path(path)
     if target.is_dir():
         raise NbicError(f"output {target} is a directory")
+    parent = target.parent or Path(".")
     try:
-        fd, temp_name = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.",
-                                         suffix=".tmp")
+        dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise NbicError(f"cannot write to {target.parent}: {exc.strerror}") from None
+        raise NbicError(f"cannot write to {parent}: {exc.strerror}") from None
+    try:
+        with atomic_output_at(dir_fd, target.name, mode, where=str(parent)) as stream:
+            yield stream
+    finally:
+        os.close(dir_fd)
+
+
+@contextmanager
+def atomic_output_at(dir_fd: int, name: str, mode: int = 0o644, *, where: str = "."
+                     ) -> Iterator[BinaryIO]:
+    """A file to write `name` through, in the directory open as `dir_fd`: no
+    path outside it is followed (a symlink at `name` is replaced, not written
+    through). `where` names the directory in errors."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    while True:
+        temp_name = f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(temp_name, flags, 0o600, dir_fd=dir_fd)
+            break
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise NbicError(f"cannot write to {where}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as stream:
             yield stream
-        os.chmod(temp_name, mode & ~_umask())
-        os.replace(temp_name, target)
+            stream.flush()
+            os.fchmod(stream.fileno(), mode & ~_umask())
+        os.replace(temp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         # Whatever went wrong, including Ctrl-C, leaves no partial output.
-        os.unlink(temp_name)
+        os.unlink(temp_name, dir_fd=dir_fd)
         raise
 
 

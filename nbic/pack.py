@@ -59,8 +59,9 @@ def pack(config: PackConfig) -> PackResult:
         raise UsageError("--files-from, --include and --include-bin need --rootfs")
     if config.output is None and config.emit_spec is None:
         raise UsageError("give -o OUTPUT, or --emit-spec FILE")
-    if config.rootfs == "-" and any(item.name == "-" for item in (
-            *selection.file_lists, *selection.spec_lists)):
+    list_names = [item.name for item in selection.file_lists] + \
+        [item.name for item in selection.spec_lists]
+    if config.rootfs == "-" and "-" in list_names:
         raise UsageError("standard input cannot carry both the rootfs and a list")
 
     if config.rootfs is None and selection.init_mode is InitMode.AUTO:

@@ -18,12 +18,14 @@ import os
 import shlex
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from nbic import engine, serial
 from nbic.agent.protocol import IMPORT_DIR, READY_MARK, Request, Task
+from nbic.cache import user_cache
 from nbic.cpio.archive import Member, order
 from nbic.cpio.compress import decompressor_for, detect
 from nbic.cpio.entry import FileType
@@ -109,9 +111,8 @@ def _directory_chunks(root: str) -> Iterator[bytes]:
     def produce() -> None:
         try:
             with os.fdopen(write_fd, "wb") as out:
-                members = [Member(entry, (lambda name=name: tree.open(name))
-                                  if entry.type is FileType.FILE else None)
-                           for name, entry in tree.entries.items()]
+                members = [Member(entry, _opener(tree, name) if entry.type is FileType.FILE
+                                  else None) for name, entry in tree.entries.items()]
                 write_tar(out, order(members))
         except BaseException as exc:  # reported by the reading side
             failure.append(exc)
@@ -126,6 +127,10 @@ def _directory_chunks(root: str) -> Iterator[bytes]:
         raise failure[0]
 
 
+def _opener(tree: DirTree, name: str) -> Callable[[], BinaryIO]:
+    return lambda: tree.open(name)
+
+
 def _digest(chunks: Iterator[bytes]) -> str:
     digest = hashlib.sha256()
     for chunk in chunks:
@@ -134,8 +139,7 @@ def _digest(chunks: Iterator[bytes]) -> str:
 
 
 def _digest_store() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "nbic" / "digests.json"
+    return user_cache() / "digests.json"
 
 
 def _known_digests() -> dict[str, str]:

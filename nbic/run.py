@@ -42,6 +42,7 @@ from nbic.cpio.compress import CompressionSpec, compressed_writer
 from nbic.errors import NbicError, UsageError
 from nbic.output import add_compression_argument, atomic_output, compression_from_args
 from nbic.selection import Selection, Verify
+from nbic.usage import size_report
 from nbic.verify import VerifyError, describe_failed_replay
 
 log = logging.getLogger("nbic")
@@ -141,6 +142,8 @@ def compile_session(config: RunConfig) -> RunResult:
              config.output, result.entries, result.traced, result.tracer, outcome.raw_bytes,
              outcome.image_bytes if outcome.image_bytes is not None else "?",
              config.compression)
+    if config.output != "-" and log.isEnabledFor(logging.INFO):
+        log.info("%s", size_report(config.output, depth=1, top=5).format())
     if result.session_status:
         log.warning("the session exited with status %d; the image holds what it used",
                     result.session_status)

@@ -56,6 +56,8 @@ class Selection:
     exclude: tuple[str, ...] = ()
     binaries: tuple[str, ...] = ()  # --include-bin: programs with their ELF closure
     devices: tuple[DeviceNode, ...] = ()  # --dev, beyond those a boot needs
+    modules: tuple[str, ...] = ()  # kernel modules (names or path globs), with their needs
+    kernel_release: str | None = None  # whose modules; default: the rootfs's only one
     init_mode: InitMode = InitMode.AUTO
     init_path: str | None = None  # with InitMode.PATH
     strict: bool = False  # a listed path missing from the rootfs is an error
@@ -125,6 +127,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="add a device node: a known name (ttyS0, zero, loop0, ...) or "
                         "PATH:c|b:MAJOR:MINOR[:MODE]; /dev/console and /dev/null are "
                         "always there")
+    parser.add_argument("--modules", metavar="NAME", action="extend", nargs="+", default=[],
+                        help="kernel modules of the rootfs (names, or globs over module "
+                        "paths such as 'drivers/net/ethernet/intel/*') with what modules.dep "
+                        "says they need, their firmware and the module index; repeatable")
+    parser.add_argument("--kernel-release", metavar="KVER",
+                        help="the release under /lib/modules to take --modules from "
+                        "(default: the only one there)")
     parser.add_argument("--init", metavar="PATH|none",
                         help="program or script in the rootfs to boot as /init (default: "
                         "the rootfs's /init, else its /chroot); 'none' for an image without "
@@ -149,5 +158,6 @@ def from_args(args: argparse.Namespace, *, verify: Verify = Verify.OFF) -> Selec
         include=tuple(args.include), exclude=tuple(args.exclude),
         binaries=tuple(args.include_bin),
         devices=tuple(parse_device(text) for text in args.dev),
+        modules=tuple(args.modules), kernel_release=args.kernel_release,
         init_mode=init_mode, init_path=init_path, strict=args.strict, verify=verify,
         epoch=source_date_epoch())

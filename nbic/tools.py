@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import errno
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -26,10 +27,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from nbic.cpio.entry import Entry, FileType, encode_name, sort_key, split_path
+from nbic.cpio.entry import Entry, FileType, encode_name, landing_name, sort_key, split_path
 from nbic.cpio.image import ImageReader, open_image
 from nbic.cpio.spec import format_spec
 from nbic.errors import NbicError, UnsafePathError, UsageError
+from nbic.usage import human_size, size_report
 
 log = logging.getLogger("nbic")
 
@@ -87,7 +89,7 @@ def _emit(line: str) -> None:
 
 def _key(name: str) -> str:
     """The name an entry lands at: "./usr//bin" and "/usr/bin" are "usr/bin"."""
-    return "/".join(split_path(name)) or "."
+    return landing_name(name)
 
 
 # --- the final state of an image (last occurrence wins) ----------------------
@@ -443,75 +445,35 @@ def run_extract(args: argparse.Namespace) -> int:
 
 # --- du --------------------------------------------------------------------------
 
-def human_size(size: int) -> str:
-    """1023 -> "1023", 1536 -> "1.5K", 10 MiB -> "10M" (powers of 1024, like du -h)."""
-    if size < 1024:
-        return str(size)
-    value = float(size)
-    for unit in "KMGTPE":
-        value /= 1024
-        if value < 1024 or unit == "E":
-            return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
-    raise AssertionError("unreachable")
-
-
 def _add_du_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="the image (\"-\" for standard input)")
     parser.add_argument("--depth", type=int, default=2, metavar="N",
                         help="directory levels to show (default 2)")
     parser.add_argument("--top", type=int, default=20, metavar="N",
                         help="how many of the largest files to show (default 20)")
+    parser.add_argument("--by-package", metavar="ROOTFS",
+                        help="each Debian package's share instead, by the dpkg database of "
+                             "the rootfs (a directory or a tar) the image was made from")
     parser.add_argument("-b", "--bytes", action="store_true", help="sizes in bytes")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object (schema: docs/size-reports.md)")
 
 
 def run_du(args: argparse.Namespace) -> int:
     if args.depth < 0 or args.top < 0:
         raise UsageError("--depth and --top must not be negative")
-    fmt = str if args.bytes else human_size
-    entries = 0
-    stored = 0
-    final: dict[str, Entry] = {}
-    groups: dict[object, int] = {}
-    with open_image(args.image) as reader:
-        for entry in reader:
-            entries += 1
-            stored += entry.size
-            if entry.link_key is not None and entry.size:
-                groups[entry.link_key] = entry.size
-            final[_key(entry.name)] = entry
-        total_image = reader.consumed
-    # One size per file; a hardlink group counts once, on its first name.
-    files: dict[str, int] = {}
-    seen_groups: set[object] = set()
-    for name in sorted(final, key=sort_key):
-        entry = final[name]
-        if entry.type is not FileType.FILE:
-            continue
-        if entry.link_key is None:
-            files[name] = entry.size
-        elif entry.link_key not in seen_groups:
-            seen_groups.add(entry.link_key)
-            files[name] = groups.get(entry.link_key, 0)
-    dirs: dict[str, int] = {}
-    for name, entry in final.items():
-        if entry.type is FileType.DIR and name != "." and name.count("/") < args.depth:
-            dirs.setdefault(name, 0)
-    for name, size in files.items():
-        parts = name.split("/")
-        for depth in range(1, min(len(parts) - 1, args.depth) + 1):
-            prefix = "/".join(parts[:depth])
-            dirs[prefix] = dirs.get(prefix, 0) + size
-    width = 8
-    if args.depth:
-        _emit(f"directories (cumulative, depth {args.depth}):")
-        for name, size in sorted(dirs.items(), key=lambda item: (-item[1], sort_key(item[0]))):
-            _emit(f"{fmt(size):>{width}}  {name}/")
-    if args.top:
-        _emit(f"largest files (top {args.top}):")
-        ranked = sorted(files.items(), key=lambda item: (-item[1], sort_key(item[0])))
-        for name, size in ranked[: args.top]:
-            _emit(f"{fmt(size):>{width}}  {name}")
-    _emit(f"total: {entries} entries, {fmt(stored)} data, {fmt(total_image)} image")
+    if args.by_package:
+        # Imported here: the rootfs readers cost the other tools' start-up time.
+        from nbic.packages import package_report
+
+        report = package_report(args.image, args.by_package)
+    else:
+        report = size_report(args.image, depth=args.depth, top=args.top, top_directories=None)
+    if args.json:
+        _emit(json.dumps(report.to_dict(), indent=2))
+    else:
+        for line in report.format(str if args.bytes else human_size).splitlines():
+            _emit(line)
     sys.stdout.flush()
     return 0
 

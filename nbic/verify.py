@@ -14,9 +14,10 @@ import argparse
 import hashlib
 import logging
 import tempfile
+import typing
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from nbic import engine, rootfs, serial
 from nbic.agent.protocol import (
@@ -148,7 +149,9 @@ def _write_plain(image: str, target: Path) -> None:
             if entry.link_key is not None:
                 ino = inodes.setdefault(entry.link_key, len(inodes) + 1)
                 entry = replace(entry, ino=ino)
-            writer.add(entry, reader if entry.type is FileType.FILE else None)
+            # The reader hands out the current entry's data like a file.
+            data = typing.cast(BinaryIO, reader) if entry.type is FileType.FILE else None
+            writer.add(entry, data)
         writer.close()
 
 

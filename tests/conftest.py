@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from boot_helpers import compile_static_init
 
 pytest_plugins = ["docker_fixtures"]  # docker_engine and the pytest-docker overrides
 
@@ -31,6 +32,18 @@ def _env_path(name: str, *, want_dir: bool = False) -> Path:
 def kernel() -> Path:
     """A bootable x86-64 kernel (ELF vmlinux or bzImage) for QEMU's -kernel."""
     return _env_path("NBIC_TEST_KERNEL")
+
+
+@pytest.fixture(scope="session")
+def bzimage() -> Path:
+    """The same kernel as a bzImage: what network boot loaders load."""
+    return _env_path("NBIC_TEST_BZIMAGE")
+
+
+@pytest.fixture(scope="session")
+def static_init(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A static test /init (see boot_helpers)."""
+    return compile_static_init(tmp_path_factory.mktemp("init"))
 
 
 @pytest.fixture(scope="session")

@@ -31,8 +31,7 @@ def need(tool: str) -> str:
     """Path of an external tool; a missing one skips, but fails under CI."""
     path = shutil.which(tool)
     if path is None:
-        message = f"{tool} is not installed (apt-get install cpio libarchive-tools zstd " \
-                  "xz-utils lz4)"
+        message = f"{tool} is not installed (ci/setup installs it)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

@@ -1,10 +1,7 @@
 """nbic.boot against a real kernel in QEMU, with tiny GNU-cpio-built images.
 
-The images hold one static C /init, compiled here, whose behaviour is set by
-data files next to it (so one compile serves every case): /marker holds text
-to print, /exit-code the status to exit with, or "hang" to never exit.
-/init mounts devtmpfs to reach /dev/console, so building the images needs no
-mknod (and no root).
+The images hold the static C /init of boot_helpers (the `static_init`
+fixture), whose behaviour is set by data files next to it.
 
 Each boot takes a few seconds under TCG, so there are only a handful.
 """
@@ -16,73 +13,29 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cpio_helpers import need
 
-from nbic.boot import BootConfig, BootOutcome, BootResult, _Judge, boot, format_result
-from nbic.errors import BootError
-
-INIT_C = r"""
-#include <fcntl.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mount.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-static int slurp(const char *path, char *buf, size_t size) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return -1;
-    ssize_t n = read(fd, buf, size - 1);
-    close(fd);
-    buf[n > 0 ? n : 0] = 0;
-    return (int)(n > 0 ? n : 0);
-}
-
-int main(void) {
-    char text[256], code[32];
-    int out = open("/dev/console", O_WRONLY);
-    if (out < 0) {  /* no device node in the image: let the kernel make one */
-        mkdir("/dev", 0755);
-        mount("devtmpfs", "/dev", "devtmpfs", 0, 0);
-        out = open("/dev/console", O_WRONLY);
-    }
-    int n = slurp("/marker", text, sizeof text);
-    if (n > 0) write(out, text, n);
-    if (slurp("/exit-code", code, sizeof code) < 0) strcpy(code, "0");
-    if (strncmp(code, "hang", 4) == 0)
-        for (;;) pause();
-    return atoi(code);
-}
-"""
+from nbic import boot as boot_module
+from nbic.boot import (
+    Accelerator,
+    BootConfig,
+    BootOutcome,
+    BootResult,
+    NetBoot,
+    _Judge,
+    boot,
+    choose_accelerator,
+    format_result,
+    qemu_command,
+)
+from nbic.errors import BootError, QemuError
 
 MARKER = "NBIC-TEST-MARKER"
 
 
-def _need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        message = f"{tool} not found (ci/setup installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-@pytest.fixture(scope="session")
-def static_init(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The test /init, linked statically: the image holds no libraries."""
-    gcc = _need("gcc")
-    work = tmp_path_factory.mktemp("init")
-    (work / "init.c").write_text(INIT_C)
-    subprocess.run(
-        [gcc, "-static", "-Os", "-o", str(work / "init"), str(work / "init.c")],
-        check=True,
-    )
-    return work / "init"
-
-
 def _cpio_newc(root: Path) -> bytes:
     """Archive a directory with GNU cpio, the independent reference writer."""
-    cpio = _need("cpio")
+    cpio = need("cpio")
     names = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
     return subprocess.run(
         [cpio, "-o", "-H", "newc", "--quiet"],
@@ -273,11 +226,103 @@ def test_unpacking_failure_keeps_the_kernels_reason():
 
 def test_format_result_shows_the_tail_only_on_failure():
     console = "".join(f"line {i}\n" for i in range(50))
-    failed = BootResult(BootOutcome.FAILED, "Kernel panic: x", console, 1.25, None)
+    failed = BootResult(BootOutcome.FAILED, "Kernel panic: x", console, 1.25, None,
+                        Accelerator.TCG)
     report = format_result(failed, tail_lines=3)
-    assert report.splitlines()[0] == "boot FAILED in 1.2s: Kernel panic: x"
+    assert report.splitlines()[0] == "boot FAILED in 1.2s (tcg): Kernel panic: x"
     assert report.splitlines()[-3:] == ["line 47", "line 48", "line 49"]
-    assert format_result(failed, tail_lines=0) == "boot FAILED in 1.2s: Kernel panic: x"
+    assert format_result(failed, tail_lines=0) == "boot FAILED in 1.2s (tcg): Kernel panic: x"
     assert failed.tail(0) == ""
-    passed = BootResult(BootOutcome.PASSED, "ok", console, 2.0, 0)
-    assert format_result(passed) == "boot PASSED in 2.0s, /init exit 0: ok"
+    passed = BootResult(BootOutcome.PASSED, "ok", console, 2.0, 0, Accelerator.KVM)
+    assert format_result(passed) == "boot PASSED in 2.0s (kvm), /init exit 0: ok"
+
+
+# --- the accelerator ----------------------------------------------------------
+
+
+def test_kvm_only_where_the_device_opens_read_write(tmp_path):
+    assert choose_accelerator(tmp_path / "no-such-device") is Accelerator.TCG
+    (tmp_path / "regular").write_bytes(b"")
+    assert choose_accelerator(tmp_path / "regular") is Accelerator.TCG  # not a device
+    assert choose_accelerator("/dev/null") is Accelerator.KVM  # a char device that opens
+    read_only = tmp_path / "read-only"
+    read_only.write_bytes(b"")
+    read_only.chmod(0o444)
+    if os.geteuid() != 0:  # root opens it anyway
+        assert choose_accelerator(read_only) is Accelerator.TCG
+
+
+def test_qemu_command_per_accelerator(tmp_path):
+    config = BootConfig(kernel=tmp_path / "vmlinux")
+    kvm = qemu_command(tmp_path / "img", config, Accelerator.KVM)
+    tcg = qemu_command(tmp_path / "img", config, Accelerator.TCG)
+    assert kvm[kvm.index("-accel"):][:4] == ["-accel", "kvm", "-cpu", "host"]
+    assert tcg[tcg.index("-accel"):][:2] == ["-accel", "tcg"]
+    assert "-cpu" not in tcg
+
+
+def _fake_qemu(tmp_path: Path, on_kvm: str) -> str:
+    """A QEMU that runs `on_kvm` (shell) when asked for KVM, else the real QEMU."""
+    real = need("qemu-system-x86_64")
+    script = tmp_path / "qemu"
+    script.write_text(f"""#!/bin/sh
+case " $* " in *" -accel kvm "*) {on_kvm} ;; esac
+exec {real} "$@"
+""")
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.mark.boot
+def test_broken_kvm_falls_back_to_tcg(tmp_path, kernel, static_init, monkeypatch, caplog):
+    """As nested KVM that refuses the host CPU model: QEMU exits at once."""
+    monkeypatch.setattr(boot_module, "choose_accelerator", lambda: Accelerator.KVM)
+    qemu = _fake_qemu(tmp_path, "echo 'failed to set MSR' >&2; exit 134")
+    image = _image(tmp_path, static_init, marker=MARKER)
+    with caplog.at_level("WARNING", logger="nbic"):
+        result = _boot(image, kernel, expect=(MARKER,), qemu=qemu)
+    assert result.outcome is BootOutcome.PASSED, format_result(result)
+    assert result.accelerator is Accelerator.TCG
+    assert "KVM is not usable here" in caplog.text and "failed to set MSR" in caplog.text
+    # Asked for KVM explicitly, nbic does not second-guess the user.
+    with pytest.raises(QemuError, match="failed to set MSR"):
+        _boot(image, kernel, qemu=qemu, accelerator=Accelerator.KVM)
+
+
+def test_no_fallback_once_the_guest_printed(tmp_path, monkeypatch):
+    monkeypatch.setattr(boot_module, "choose_accelerator", lambda: Accelerator.KVM)
+    qemu = _fake_qemu(tmp_path, "echo 'Linux version 6.1'; exit 1")
+    (tmp_path / "vmlinux").write_bytes(b"")
+    (tmp_path / "img").write_bytes(b"")
+    with pytest.raises(QemuError, match="status 1"):
+        boot(tmp_path / "img", BootConfig(kernel=tmp_path / "vmlinux", qemu=qemu))
+
+
+def test_a_firmware_with_nothing_to_boot_fails_with_ipxes_last_error():
+    judge = _judge(
+        "Configuring (net0 52:54:00:12:34:56)...... ok\n"
+        "tftp://10.0.2.2/boot.ipxe... No such file or directory (http://ipxe.org/2d12603b\n"
+        ")\nNo more network devices\nBooting from Floppy...\n"
+        "No bootable device.  Retrying in 0 seconds.\n")
+    assert judge.verdict() == (
+        BootOutcome.FAILED,
+        "the firmware found no bootable device "
+        "(iPXE: tftp://10.0.2.2/boot.ipxe... No such file or directory)")
+    assert _judge("No bootable device.\n").verdict() == (
+        BootOutcome.FAILED, "the firmware found no bootable device")
+
+
+def test_a_network_boot_runs_the_nic_rom_instead_of_a_kernel(tmp_path):
+    net = NetBoot.user("boot.ipxe", tftp=tmp_path / "a,b")
+    command = qemu_command(None, BootConfig(netboot=net), Accelerator.TCG)
+    assert "-kernel" not in command and "-initrd" not in command
+    assert command[command.index("-netdev") + 1] == \
+        f"user,bootfile=boot.ipxe,tftp={tmp_path}/a,,b,id=net0"
+    assert command[command.index("-device") + 1] == "e1000,netdev=net0"
+    assert command[command.index("-boot") + 1] == "order=n,reboot-timeout=0"
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("the qemu check comes first and QEMU is not installed")
+    with pytest.raises(BootError, match="no kernel and no image"):
+        boot(None, BootConfig(kernel=tmp_path / "vmlinux", netboot=net))
+    with pytest.raises(BootError, match="a kernel and an image, or a network boot"):
+        boot(None, BootConfig(kernel=tmp_path / "vmlinux"))

@@ -32,6 +32,7 @@ from nbic.cpio.compress import Compression, CompressionSpec, compressed_writer
 from nbic.cpio.entry import Entry, FileType
 from nbic.cpio.spec import parse_spec
 from nbic.errors import NbicError, UnsafePathError
+from nbic.usage import human_size
 
 
 def gzip(data: bytes) -> bytes:
@@ -533,7 +534,8 @@ def test_diff_errors_are_one_line_with_status_2(tmp_path):
 # --- du ----------------------------------------------------------------------------
 
 
-def _du_image() -> bytes:
+def _du_image() -> tuple[bytes, int]:
+    """An image of a plain and a gzip segment, and its uncompressed size."""
     early = archive([member("usr", FileType.DIR, perm=0o755),
                      member("usr/lib", FileType.DIR, perm=0o755),
                      member("usr/lib/big", data=b"x" * 3000)])
@@ -554,11 +556,11 @@ def _du_image() -> bytes:
         member("top", data=b"q" * 7),
         member("link", FileType.SYMLINK, perm=0o777, linkname="usr/bin/tool"),
     ])
-    return early + gzip(main)
+    return early + gzip(main), len(early) + len(main)
 
 
 def test_du(tmp_path):
-    data = _du_image()
+    data, raw = _du_image()
     image = write(tmp_path / "img", data)
     lines = run_tool("du", "-b", image).stdout.decode().splitlines()
     dirs = lines[1:lines.index("largest files (top 20):")]
@@ -572,11 +574,11 @@ def test_du(tmp_path):
         ["100", "usr/lib/deep/er/file"], ["10", "etc/small"], ["7", "top"]]
     entries = 3 + 15
     stored = 3000 + 5000 + 2048 * 2 + 100 + 10 + 7 + len("usr/bin/tool")
-    assert lines[-1] == f"total: {entries} entries, {stored} data, {len(data)} image"
+    assert lines[-1] == f"total: {entries} entries, {stored} data, {raw} raw, {len(data)} image"
 
 
 def test_du_depth_top_and_human_sizes(tmp_path):
-    data = _du_image()
+    data, _raw = _du_image()
     image = write(tmp_path / "img", data)
     lines = run_tool("du", "--depth", "3", "--top", "2", image).stdout.decode().splitlines()
     assert "directories (cumulative, depth 3):" in lines
@@ -591,11 +593,11 @@ def test_du_depth_top_and_human_sizes(tmp_path):
 
 
 def test_human_size():
-    assert tools.human_size(0) == "0"
-    assert tools.human_size(1023) == "1023"
-    assert tools.human_size(1536) == "1.5K"
-    assert tools.human_size(10 << 20) == "10M"
-    assert tools.human_size(3 << 30) == "3.0G"
+    assert human_size(0) == "0"
+    assert human_size(1023) == "1023"
+    assert human_size(1536) == "1.5K"
+    assert human_size(10 << 20) == "10M"
+    assert human_size(3 << 30) == "3.0G"
 
 
 # --- cat ---------------------------------------------------------------------------

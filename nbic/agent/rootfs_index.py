@@ -27,7 +27,7 @@ def write_index(root: str, path: str) -> int:
     entries = DirTree(root).entries
     rows = [[entry.name, int(entry.type), entry.perm, entry.uid, entry.gid, entry.mtime,
              entry.size, entry.linkname, entry.rdevmajor, entry.rdevminor,
-             None if entry.link_key is None else ":".join(map(str, entry.link_key))]
+             None if entry.link_key is None else repr(entry.link_key)]
             for entry in entries.values()]
     temporary = f"{path}.tmp"
     with open(temporary, "w", encoding="utf-8", errors="surrogateescape") as out:

@@ -77,6 +77,11 @@ def split_path(path: str) -> list[str]:
     return [part for part in path.split("/") if part not in ("", ".")]
 
 
+def landing_name(name: str) -> str:
+    """Where an archive entry lands: "./usr//bin" and "/usr/bin" are "usr/bin", "/" is "."."""
+    return "/".join(split_path(name)) or "."
+
+
 def normalize_name(path: str) -> str:
     """Archive name for a path: "/usr//bin/./bash" -> "usr/bin/bash", "/" -> ".".
 

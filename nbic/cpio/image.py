@@ -35,12 +35,19 @@ class ImageReader:
     def __init__(self, stream: BinaryIO, name: str = "input"):
         self._source = ByteSource(stream, name)
         self._archive: ArchiveReader | None = None
+        self._expansion = 0  # decompressed minus compressed bytes of finished segments
         self.segments: list[Segment] = []
 
     @property
     def consumed(self) -> int:
         """Bytes of the image read so far: its size once iterated to the end."""
         return self._source.offset
+
+    @property
+    def raw(self) -> int:
+        """The image's size with every compressed segment decompressed, up to the
+        last finished segment: its uncompressed size once iterated to the end."""
+        return self._source.offset + self._expansion
 
     def read(self, size: int = -1) -> bytes:
         return self._archive.read(size) if self._archive else b""
@@ -66,6 +73,7 @@ class ImageReader:
             start = outer.offset
             inner = DecompressedSource(outer, decompressor_for(method, head), method.value)
             yield from self._archives(inner, method, start, single=False)
+            self._expansion += inner.offset - (outer.offset - start)
         if not self.segments:
             raise FormatError(f"{self._source.name} holds no cpio archive", 0)
 
