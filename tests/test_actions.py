@@ -87,6 +87,7 @@ def test_act_runs_the_images_workflow_building_bash_through_the_action():
                if e.get("command") == "set-output" and e["jobID"] == "build"}
     assert Path(outputs["image"]).name.startswith("bash.cpio")
     assert outputs["report"] == "out/bash.size.txt"
+    assert outputs["report-json"] == "out/bash.size.json"
     assert int(outputs["size"]) > 0
     # The upload step was skipped by its guard, not run as ci/act's stand-in.
     assert "ran under act" not in log
