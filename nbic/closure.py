@@ -27,7 +27,7 @@ from typing import BinaryIO
 from nbic import elf, implied, modules
 from nbic.cpio.archive import Member
 from nbic.cpio.entry import Entry, FileType, ancestors, split_path
-from nbic.cpio.spec import SpecItem
+from nbic.cpio.spec import SpecItem, escape_location, open_location
 from nbic.devices import BOOT_DEVICES, DeviceNode
 from nbic.errors import MissingFileError, RootfsError, SpecError
 from nbic.selection import InitMode, Selection
@@ -69,6 +69,7 @@ class Origin(enum.Enum):
 class Data:
     origin: Origin
     path: str
+    root: str | None = None  # Origin.FILE below ${NBIC_ROOT}: nothing below it is followed
 
 
 @dataclass
@@ -92,7 +93,7 @@ class ImagePlan:
         if data.origin is Origin.TREE:
             assert tree is not None
             return lambda: tree.open(data.path)
-        return lambda: open(data.path, "rb")
+        return lambda: open_location(data.path, data.root)
 
     def location(self, tree: Tree | None, name: str) -> str:
         """Where a spec list's `file` line finds this entry's bytes."""
@@ -102,7 +103,7 @@ class ImagePlan:
         if data.origin is Origin.TREE:
             assert tree is not None
             return tree.location(data.path)
-        return data.path
+        return escape_location(data.path)
 
 
 class _Chooser:
@@ -156,10 +157,11 @@ class _Chooser:
 def plan(tree: Tree, selection: Selection, *, used: Iterable[Wanted] = (),
          session_devices: Iterable[tuple[DeviceNode, str]] = (),
          session_init: SessionInit | None = None,
-         spec_file: Callable[[str], str] = lambda location: location) -> ImagePlan:
+         spec_file: Callable[[str], str] | None = None) -> ImagePlan:
     """The image for `selection` over `tree`. `used` are the paths a session used
     (those gone since are skipped), `session_devices` the nodes it opened;
-    `spec_file` maps a spec list's file location to where it can be read."""
+    `spec_file` maps a spec list's file location to the copy the host made of it
+    (None: read it where the list names it)."""
     chooser = _Chooser(tree, selection.exclude)
     for wanted in used:
         if not _in_pseudo_filesystem(wanted.path):
@@ -351,25 +353,25 @@ def _choose_symlinks_to_chosen(tree: Tree, chooser: _Chooser) -> None:
         pending = still_pending
 
 
-def _overlay_spec_item(item: SpecItem, reason: str, spec_file: Callable[[str], str],
+def _overlay_spec_item(item: SpecItem, reason: str, spec_file: Callable[[str], str] | None,
                        result: ImagePlan) -> None:
     entry = item.entry
     if entry.type is not FileType.FILE:
         _put(result, entry, reason)
         return
     assert item.location is not None  # a `file` line always names one
-    location = spec_file(item.location)
+    data = Data(Origin.FILE, item.location, item.root) if spec_file is None else \
+        Data(Origin.FILE, spec_file(item.location))
     try:
-        info = os.stat(location)
-    except OSError as exc:
-        raise SpecError(f"{reason}: {item.location}: {exc.strerror}") from None
-    if not os.path.isfile(location):
-        raise SpecError(f"{reason}: {item.location} is not a regular file")
+        with open_location(data.path, data.root) as stream:
+            info = os.fstat(stream.fileno())
+    except SpecError as exc:
+        raise SpecError(f"{reason}: {exc}") from None
     key = ("spec", entry.name) if item.hardlinks else None
     for name in (entry.name, *item.hardlinks):
         _put(result, Entry(name, FileType.FILE, perm=entry.perm, uid=entry.uid, gid=entry.gid,
                            mtime=int(info.st_mtime), size=info.st_size, link_key=key), reason)
-        result.data[name] = Data(Origin.FILE, location)
+        result.data[name] = data
 
 
 def _put(result: ImagePlan, entry: Entry, reason: str) -> None:

@@ -39,7 +39,8 @@ from nbic.agent.protocol import (
     spec_input,
 )
 from nbic.cpio.compress import CompressionSpec, compressed_writer
-from nbic.errors import NbicError, UsageError
+from nbic.cpio.spec import open_location
+from nbic.errors import NbicError, SpecError, UsageError
 from nbic.output import add_compression_argument, atomic_output, compression_from_args
 from nbic.selection import Selection, Verify
 from nbic.usage import size_report
@@ -107,6 +108,13 @@ def _inputs(config: RunConfig) -> dict[str, Path]:
         files[CHECK] = Path(check)
     for index, location in enumerate(config.selection.spec_locations()):
         files[posixpath.relpath(spec_input(index), INPUT_DIR)] = Path(location)
+    for spec_list in config.selection.spec_lists:  # nothing is followed below ${NBIC_ROOT}
+        for item in spec_list.items:
+            if item.root is not None and item.location is not None:
+                try:
+                    open_location(item.location, item.root).close()
+                except SpecError as exc:
+                    raise SpecError(f"spec list {spec_list.name}:{item.line}: {exc}") from None
     for name, path in files.items():
         if not path.is_file():
             raise UsageError(f"{path} is not a readable file (for {name})")

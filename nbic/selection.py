@@ -115,7 +115,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="paths to include, one per line (# comments); repeatable")
     parser.add_argument("--spec", metavar="LIST", action="append", default=[],
                         help="a gen_init_cpio spec list to add (file locations are host "
-                        "paths; ${VAR} expands); repeatable")
+                        "paths; ${VAR} expands; below ${NBIC_ROOT} no symlink is followed); "
+                        "repeatable")
     parser.add_argument("--include", metavar="GLOB", action="append", default=[],
                         help="also include rootfs paths matching GLOB (e.g. '/etc/ssl/*')")
     parser.add_argument("--exclude", metavar="GLOB", action="append", default=[],

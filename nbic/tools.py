@@ -27,10 +27,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from nbic.cpio.entry import Entry, FileType, encode_name, landing_name, sort_key, split_path
+from nbic.cpio.entry import (
+    TYPE_NAMES,
+    Entry,
+    FileType,
+    ancestors,
+    encode_name,
+    landing_name,
+    sort_key,
+    split_path,
+)
 from nbic.cpio.image import ImageReader, open_image
-from nbic.cpio.spec import format_spec
-from nbic.errors import NbicError, UnsafePathError, UsageError
+from nbic.cpio.spec import format_spec, root_location
+from nbic.errors import FormatError, NbicError, UnsafePathError, UsageError
 from nbic.usage import human_size, size_report
 
 log = logging.getLogger("nbic")
@@ -38,11 +47,6 @@ log = logging.getLogger("nbic")
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _SIX_MONTHS = 6 * 30 * 24 * 60 * 60  # GNU cpio's notion of "recent"
-_TYPE_NAMES = {
-    FileType.FIFO: "fifo", FileType.CHAR: "char device", FileType.DIR: "directory",
-    FileType.BLOCK: "block device", FileType.FILE: "file", FileType.SYMLINK: "symlink",
-    FileType.SOCKET: "socket",
-}
 
 
 # --- input and output ---------------------------------------------------------
@@ -128,6 +132,58 @@ def _final_state(reader: ImageReader, *, hash_data: bool) -> dict[str, _Item]:
     return result
 
 
+# --- what cpio-extract makes of an image ------------------------------------------
+
+class _Layout:
+    """The names cpio-extract makes of an image in an empty directory, worked out on
+    names alone: the one definition of which entries it refuses. The extractor
+    asks it before touching the disk, and `cpio-list --spec` writes only what it
+    keeps, so a spec list never points at a path that leads out of the tree."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Entry] = {}  # name -> the entry that made it last
+        self._dirs = {"."}  # also those made as missing parents
+        self._children: dict[str, int] = {}  # directory -> names directly in it
+
+    def place(self, entry: Entry) -> str | None:
+        """Record `entry`; or, when cpio-extract refuses it, say why."""
+        if entry.name.startswith("/"):
+            return "absolute name"
+        parts = split_path(entry.name)
+        if ".." in parts:
+            return "name contains '..'"
+        name = "/".join(parts) or "."
+        if name == ".":
+            if entry.type is not FileType.DIR:
+                return f"it names the target itself but is a {TYPE_NAMES[entry.type]}"
+            self.entries[name] = entry
+            return None
+        for parent in ancestors(name):
+            if parent in self._dirs:
+                continue
+            other = self.entries.get(parent)
+            if other is not None:
+                what = "a symlink" if other.type is FileType.SYMLINK else "not a directory"
+                return f"{parent} is {what} (nothing is written through it)"
+            self._new_name(parent)
+            self._dirs.add(parent)  # a missing parent, made as a directory
+        if name in self._dirs:
+            if entry.type is not FileType.DIR:
+                if self._children.get(name):
+                    return "a non-empty directory of that name is in the way"
+                self._dirs.discard(name)
+        elif name not in self.entries:
+            self._new_name(name)
+        if entry.type is FileType.DIR:
+            self._dirs.add(name)
+        self.entries[name] = entry
+        return None
+
+    def _new_name(self, name: str) -> None:
+        parent = name.rsplit("/", 1)[0] if "/" in name else "."
+        self._children[parent] = self._children.get(parent, 0) + 1
+
+
 # --- list ----------------------------------------------------------------------
 
 def _cpio_date(mtime: int, now: float) -> str:
@@ -151,19 +207,26 @@ def long_format(entry: Entry, now: float | None = None) -> str:
     return line
 
 
-def _spec(state: dict[str, _Item]) -> str:
-    """The image's final state as a spec list; files at ${NBIC_ROOT}/NAME, where
-    cpio-extract puts them."""
+def _spec(reader: ImageReader) -> tuple[str, int]:
+    """The spec list of the tree cpio-extract makes of the image, with files at
+    ${NBIC_ROOT}/NAME, where it puts them. An entry it does not write is left
+    out, with a warning; returns the list and how many were left out."""
+    layout = _Layout()
+    left_out = 0
+    for entry in reader:
+        reason = layout.place(entry)
+        if reason is not None:
+            left_out += 1
+            log.warning("%s: %r left out: cpio-extract does not write it (%s)",
+                        reader.location(entry), entry.name, reason)
     pairs = []
-    for name in sorted(state, key=sort_key):
-        entry = state[name].entry
-        if ".." in name.split("/"):
-            raise UnsafePathError(f"entry {entry.name!r} contains '..': no spec list for it")
+    for name in sorted(layout.entries, key=sort_key):
+        entry = layout.entries[name]
         normalized = Entry(name, entry.type, perm=entry.perm, uid=entry.uid, gid=entry.gid,
                            linkname=entry.linkname, rdevmajor=entry.rdevmajor,
                            rdevminor=entry.rdevminor, link_key=entry.link_key)
-        pairs.append((normalized, "${NBIC_ROOT}/" + name))
-    return format_spec(pairs)
+        pairs.append((normalized, root_location(name)))
+    return format_spec(pairs), left_out
 
 
 def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
@@ -172,8 +235,10 @@ def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("-v", "--verbose", action="store_true",
                       help="long listing, as `cpio -tv --numeric-uid-gid`")
     mode.add_argument("--spec", action="store_true",
-                      help="a gen_init_cpio spec list that rebuilds the image from an "
-                           "extracted tree (files at ${NBIC_ROOT}/NAME)")
+                      help="a gen_init_cpio spec list that rebuilds the image from the "
+                           "tree cpio-extract makes of it (files at ${NBIC_ROOT}/NAME); "
+                           "an entry cpio-extract refuses is left out, with a warning "
+                           "and exit status 1")
     mode.add_argument("--segments", action="store_true",
                       help="one line per cpio archive: index, compression, byte offset, "
                            "entry count")
@@ -183,8 +248,16 @@ def run_list(args: argparse.Namespace) -> int:
     with open_image(args.image) as reader:
         if args.spec:
             # Whole before printed: an entry no spec list can hold leaves no half list.
-            for line in _spec(_final_state(reader, hash_data=False)).splitlines():
+            text, left_out = _spec(reader)
+            for line in text.splitlines():
                 _emit(line)
+            if left_out:
+                sys.stdout.flush()
+                name = "standard input" if args.image == "-" else args.image
+                raise NbicError(f"{name}: {left_out} " + (
+                    "entry left out of the spec list (cpio-extract does not write it)"
+                    if left_out == 1 else
+                    "entries left out of the spec list (cpio-extract does not write them)"))
         elif args.segments:
             counts: dict[int, int] = {}
             for entry in reader:
@@ -206,15 +279,12 @@ def run_list(args: argparse.Namespace) -> int:
 # --- extract -------------------------------------------------------------------
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _safe_parts(name: str) -> list[str]:
-    if name.startswith("/"):
-        raise UnsafePathError(f"refusing to extract {name!r}: absolute name")
-    parts = split_path(name)
-    if ".." in parts:
-        raise UnsafePathError(f"refusing to extract {name!r}: name contains '..'")
-    return parts
+# A handle on a name's own inode (a symlink stays a symlink), good for fstat and,
+# through /proc/self/fd, for chmod, chown, utime and reopening.
+_PIN_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+# Linux's dev_t keeps 12 bits of major and 20 of minor; newc has room for 32 each.
+_MAX_MAJOR = (1 << 12) - 1
+_MAX_MINOR = (1 << 20) - 1
 
 
 def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
@@ -224,19 +294,53 @@ def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
         return None
 
 
+def _identity(info: os.stat_result) -> tuple[int, int] | None:
+    """A regular file's inode; None for anything else."""
+    return (info.st_dev, info.st_ino) if stat.S_ISREG(info.st_mode) else None
+
+
+_PROC_FDS = "/proc/self/fd"
+
+
+def _via(fd: int) -> str:
+    """A path to the inode `fd` holds, whatever its name leads to by now."""
+    return f"{_PROC_FDS}/{fd}"
+
+
+def _device_number(entry: Entry) -> int:
+    if not entry.is_device:
+        return 0
+    if entry.rdevmajor > _MAX_MAJOR or entry.rdevminor > _MAX_MINOR:
+        raise NbicError(f"cannot extract {entry.name!r}: device {entry.rdevmajor}:"
+                        f"{entry.rdevminor} does not fit Linux's device numbers (major at "
+                        f"most {_MAX_MAJOR}, minor at most {_MAX_MINOR})")
+    return os.makedev(entry.rdevmajor, entry.rdevminor)
+
+
 class _Extractor:
-    """Writes entries below one directory, never outside it: every path is
-    opened component by component from the target with O_NOFOLLOW."""
+    """Writes entries below one directory, never outside it. Every path is opened
+    component by component from the target with O_NOFOLLOW. A node made by name
+    (symlink, FIFO, device, a further hardlink) gets its owner, mode and data
+    through a descriptor checked to hold that very node: another user who can
+    write to the target may swap any name for a symlink or a hardlink at any time.
+    """
 
     def __init__(self, target: str):
+        if not os.path.isdir(_PROC_FDS):
+            raise NbicError(f"cannot extract: /proc is not mounted (attributes are set "
+                            f"through {_PROC_FDS})")
         try:
             os.makedirs(target, exist_ok=True)
             self._root = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise NbicError(f"cannot extract into {target}: {exc.strerror}") from None
-        self._as_root = os.geteuid() == 0
-        self._anchors: dict[object, list[str]] = {}  # link_key -> first extracted name
+        self._euid = os.geteuid()
+        self._as_root = self._euid == 0
+        # link_key -> the group's first extracted name and its inode, while it stays
+        self._anchors: dict[object, tuple[list[str], tuple[int, int]]] = {}
+        self._anchored: dict[tuple[str, ...], object] = {}  # first name -> link_key
         self._dirs: dict[tuple[str, ...], Entry] = {}
+        self._layout = _Layout()
 
     def close(self) -> None:
         os.close(self._root)
@@ -271,11 +375,13 @@ class _Extractor:
         return fd
 
     def add(self, entry: Entry, reader: ImageReader) -> None:
-        parts = _safe_parts(entry.name)
+        """Extract one entry. An NbicError other than the reader's FormatError means
+        this entry was not extracted and the next one can be."""
+        reason = self._layout.place(entry)
+        if reason is not None:
+            raise UnsafePathError(f"refusing to extract {entry.name!r}: {reason}")
+        parts = split_path(entry.name)
         if not parts:
-            if entry.type is not FileType.DIR:
-                raise NbicError(f"entry {entry.name!r} names the target itself but is a "
-                                f"{_TYPE_NAMES[entry.type]}, not a directory")
             self._dirs[()] = entry
             return
         try:
@@ -288,13 +394,18 @@ class _Extractor:
         except OSError as exc:
             raise NbicError(f"cannot extract {entry.name!r}: {exc.strerror}") from None
 
-    def _clear(self, parent: int, base: str, entry: Entry) -> None:
+    def _clear(self, parent: int, parts: list[str], entry: Entry) -> None:
         """Remove what is in the way of `entry` (kernel semantics: later wins)."""
+        base = parts[-1]
         info = _lstat(base, parent)
         if info is None:
             return
         if not stat.S_ISDIR(info.st_mode):
             os.unlink(base, dir_fd=parent)
+            # Its inode number may come back for another file: no longer an anchor.
+            link_key = self._anchored.pop(tuple(parts), None)
+            if link_key is not None:
+                del self._anchors[link_key]
             return
         try:
             os.rmdir(base, dir_fd=parent)
@@ -311,70 +422,109 @@ class _Extractor:
         if kind is FileType.DIR:
             info = _lstat(base, parent)
             if info is None or not stat.S_ISDIR(info.st_mode):
-                if info is not None:
-                    os.unlink(base, dir_fd=parent)
+                self._clear(parent, parts, entry)
                 os.mkdir(base, 0o700, dir_fd=parent)
             self._dirs[tuple(parts)] = entry
             return
-        self._clear(parent, base, entry)
+        if kind in (FileType.CHAR, FileType.BLOCK, FileType.SOCKET) and not self._as_root:
+            raise NbicError(f"cannot extract {entry.name!r}: creating a {TYPE_NAMES[kind]} "
+                            "needs root")
+        device = _device_number(entry)
+        self._clear(parent, parts, entry)
         if kind is FileType.FILE:
             self._add_file(parent, parts, entry, reader)
             return
         if kind is FileType.SYMLINK:
             os.symlink(entry.linkname, base, dir_fd=parent)
-            if self._as_root:
-                os.chown(base, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
-            os.utime(base, (entry.mtime, entry.mtime), dir_fd=parent, follow_symlinks=False)
-            return
-        if kind is FileType.FIFO:
+        elif kind is FileType.FIFO:
             os.mkfifo(base, 0o600, dir_fd=parent)
-        elif not self._as_root:
-            log.warning("%s: skipping %s (creating it needs root)", entry.name,
-                        _TYPE_NAMES[kind])
-            return
         else:
-            os.mknod(base, int(kind) | 0o600, os.makedev(entry.rdevmajor, entry.rdevminor),
-                     dir_fd=parent)
-        # A node we just created, in a directory opened without following symlinks.
-        if self._as_root:
-            os.chown(base, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
-        os.chmod(base, entry.perm, dir_fd=parent)
-        os.utime(base, (entry.mtime, entry.mtime), dir_fd=parent, follow_symlinks=False)
+            os.mknod(base, int(kind) | 0o600, device, dir_fd=parent)
 
-    def _link_to_anchor(self, parent: int, base: str, entry: Entry) -> bool:
-        """Make `base` another name of its hardlink group's first name, if that exists."""
-        anchor = self._anchors.get(entry.link_key)
-        if anchor is None:
-            return False
-        anchor_parent = self._parent(anchor, entry, create=False)
+        def made_here(info: os.stat_result) -> bool:
+            return (stat.S_IFMT(info.st_mode) == kind and info.st_nlink == 1
+                    and info.st_uid == self._euid
+                    and (not entry.is_device or info.st_rdev == device))
+
+        pin = self._pin(parent, base, entry, made_here)
+        try:
+            if self._as_root:
+                os.chown(_via(pin), entry.uid, entry.gid)
+            if kind is not FileType.SYMLINK:  # a symlink has no mode of its own
+                os.chmod(_via(pin), entry.perm)
+            os.utime(_via(pin), (entry.mtime, entry.mtime))
+        finally:
+            os.close(pin)
+
+    @staticmethod
+    def _pin(parent: int, base: str, entry: Entry,
+             expected: Callable[[os.stat_result], bool]) -> int:
+        """An O_PATH descriptor of `base`, checked by `expected` to be the node this
+        run just put there."""
+        try:
+            fd = os.open(base, _PIN_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            fd = -1
+        if fd >= 0:
+            if expected(os.fstat(fd)):
+                return fd
+            os.close(fd)
+        raise UnsafePathError(f"{entry.name!r} was replaced or removed by someone else "
+                              "while it was extracted; left alone")
+
+    def _link_to_anchor(self, parent: int, base: str, entry: Entry) -> tuple[int, int] | None:
+        """Make `base` another name of its hardlink group's first name, if that still
+        holds the group's inode; returns the inode's identity."""
+        found = self._anchors.get(entry.link_key)
+        if found is None:
+            return None
+        anchor, identity = found
+        try:
+            anchor_parent = self._parent(anchor, entry, create=False)
+        except UnsafePathError:
+            return None  # a later entry made a parent of the first name a symlink
         if anchor_parent is None:
-            return False
+            return None
         try:
             info = _lstat(anchor[-1], anchor_parent)
-            if info is None or not stat.S_ISREG(info.st_mode):
-                return False
+            if info is None or _identity(info) != identity:
+                return None  # gone, or changed by someone else
             os.link(anchor[-1], base, src_dir_fd=anchor_parent, dst_dir_fd=parent,
                     follow_symlinks=False)
-            return True
+            return identity
         finally:
             os.close(anchor_parent)
+
+    def _open_linked(self, parent: int, base: str, entry: Entry, identity: tuple[int, int]
+                     ) -> int:
+        """A writable descriptor of a name just linked, checked to be the group's inode."""
+        pin = self._pin(parent, base, entry, lambda info: _identity(info) == identity)
+        try:
+            try:
+                fd = os.open(_via(pin), os.O_WRONLY | os.O_CLOEXEC)
+            except PermissionError:  # the group's mode is already set (not root)
+                os.chmod(_via(pin), 0o600)
+                fd = os.open(_via(pin), os.O_WRONLY | os.O_CLOEXEC)
+        finally:
+            os.close(pin)
+        if entry.size:  # the group's data (usually on its last name) goes in whole
+            os.ftruncate(fd, 0)
+        return fd
 
     def _add_file(self, parent: int, parts: list[str], entry: Entry, reader: ImageReader
                   ) -> None:
         base = parts[-1]
-        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-        if entry.link_key is not None and self._link_to_anchor(parent, base, entry):
-            # Data (usually on the last name) goes into the shared inode.
-            flags |= os.O_TRUNC if entry.size else 0
-            try:
-                fd = os.open(base, flags, dir_fd=parent)
-            except PermissionError:  # the group's mode is already set (not root)
-                os.chmod(base, 0o600, dir_fd=parent)
-                fd = os.open(base, flags, dir_fd=parent)
+        identity = self._link_to_anchor(parent, base, entry) \
+            if entry.link_key is not None else None
+        if identity is not None:
+            fd = self._open_linked(parent, base, entry, identity)
         else:
-            fd = os.open(base, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=parent)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(base, flags, 0o600, dir_fd=parent)
             if entry.link_key is not None:
-                self._anchors[entry.link_key] = parts
+                info = os.fstat(fd)
+                self._anchors[entry.link_key] = (parts, (info.st_dev, info.st_ino))
+                self._anchored[tuple(parts)] = entry.link_key
         try:
             for chunk in reader.chunks():
                 view = memoryview(chunk)
@@ -390,8 +540,12 @@ class _Extractor:
         os.fchmod(fd, entry.perm)
         os.utime(fd, (entry.mtime, entry.mtime))
 
-    def finish(self) -> None:
-        """Directory modes, owners and mtimes, deepest first (children are done)."""
+    def finish(self) -> list[tuple[Entry, str]]:
+        """Directory modes, owners and mtimes, deepest first (children are done);
+        returns the directories that could not be set, with why. A directory is
+        opened by name without following symlinks: whatever directory holds the
+        name by then gets them, always one inside the target."""
+        failed = []
         for parts, entry in sorted(self._dirs.items(), key=lambda item: -len(item[0])):
             try:
                 if not parts:
@@ -413,24 +567,43 @@ class _Extractor:
             except UnsafePathError:
                 continue  # a parent was replaced by a symlink later on
             except OSError as exc:
-                raise NbicError(f"cannot set the mode of {entry.name!r}: {exc.strerror}"
-                                ) from None
+                failed.append((entry, f"cannot set the mode of {entry.name!r}: "
+                                      f"{exc.strerror}"))
+        return failed
 
 
-def extract(path: str, target: str) -> int:
-    """Extract the image at `path` ("-": standard input) below `target`;
-    returns the number of entries."""
+@dataclass(frozen=True)
+class ExtractResult:
+    entries: int
+    skipped: int  # entries not extracted (each reported in a warning)
+
+
+def extract(path: str, target: str) -> ExtractResult:
+    """Extract the image at `path` ("-": standard input) below `target`, as GNU cpio
+    does: an entry that cannot be extracted gets a warning naming it and its byte
+    offset, and the rest goes on. Directory modes are set at the end, also when
+    the image breaks off (its FormatError is raised after that)."""
     extractor = _Extractor(target)
-    count = 0
+    entries = skipped = 0
     try:
         with open_image(path) as reader:
-            for entry in reader:
-                extractor.add(entry, reader)
-                count += 1
-        extractor.finish()
+            try:
+                for entry in reader:
+                    entries += 1
+                    try:
+                        extractor.add(entry, reader)
+                    except FormatError:
+                        raise
+                    except NbicError as exc:
+                        skipped += 1
+                        log.warning("%s: %s", reader.location(entry), exc)
+            finally:
+                for entry, message in extractor.finish():
+                    skipped += 1
+                    log.warning("%s: %s", reader.location(entry), message)
     finally:
         extractor.close()
-    return count
+    return ExtractResult(entries, skipped)
 
 
 def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
@@ -439,7 +612,11 @@ def _add_extract_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_extract(args: argparse.Namespace) -> int:
-    extract(args.image, args.dir)
+    result = extract(args.image, args.dir)
+    if result.skipped:
+        name = "standard input" if args.image == "-" else args.image
+        raise NbicError(f"{name}: {result.skipped} of {result.entries} entries were not "
+                        "extracted")
     return 0
 
 
@@ -483,7 +660,7 @@ def run_du(args: argparse.Namespace) -> int:
 def _describe_changes(old: _Item, new: _Item, *, mtime: bool) -> list[str]:
     a, b = old.entry, new.entry
     if a.type is not b.type:
-        return [f"type {_TYPE_NAMES[a.type]} -> {_TYPE_NAMES[b.type]}"]
+        return [f"type {TYPE_NAMES[a.type]} -> {TYPE_NAMES[b.type]}"]
     changes = []
     if a.perm != b.perm:
         changes.append(f"mode {a.perm:04o} -> {b.perm:04o}")
@@ -564,7 +741,7 @@ def cat(path: str, member: str, out: BinaryIO) -> int:
             raise NbicError(f"{shown}: is a symlink to {found.linkname} "
                             "(cat the target instead)")
         if found.type is not FileType.FILE:
-            raise NbicError(f"{shown}: is a {_TYPE_NAMES[found.type]}, not a regular file")
+            raise NbicError(f"{shown}: is a {TYPE_NAMES[found.type]}, not a regular file")
         source = found
         if found.link_key is not None:
             source = carriers.get(found.link_key, found)

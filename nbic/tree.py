@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from nbic.cpio.entry import Entry, FileType, split_path
+from nbic.cpio.spec import escape_location, root_location
 from nbic.errors import RootfsError
 from nbic.tarstream import entry_from_tarinfo
 
@@ -103,8 +104,9 @@ class Tree(abc.ABC):
         """A readable stream of a regular file's bytes."""
 
     def location(self, name: str) -> str:
-        """Where a spec list's `file` line finds this file's bytes."""
-        return "${NBIC_ROOT}/" + name
+        """Where a spec list's `file` line finds this file's bytes (as the line's
+        text: a literal `${` is escaped)."""
+        return root_location(name)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release open files; the index stays usable."""
@@ -154,7 +156,7 @@ class DirTree(Tree):
         return os.fdopen(fd, "rb")
 
     def location(self, name: str) -> str:
-        return f"{self.root}/{name}"
+        return escape_location(f"{self.root}/{name}")
 
 
 def _walk(root: Path) -> dict[str, Entry]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from test_boot import MARKER, _image, static_init  # noqa: F401 - static_init is a fixture
+from test_boot import MARKER, _image
 
 from nbic import engine
 from nbic import kernel as kernel_module
@@ -317,7 +317,7 @@ def test_fetch_a_debian_kernel(fetched, kernel_cache, monkeypatch):
 
 
 @pytest.mark.boot
-def test_boot_with_the_fetched_kernel(fetched, kernel_cache, static_init, tmp_path):  # noqa: F811
+def test_boot_with_the_fetched_kernel(fetched, kernel_cache, static_init, tmp_path):
     """`nbic boot --kernel debian:...` takes the cached kernel (its ELF vmlinux)."""
     image = _image(tmp_path, static_init, marker=MARKER)
     result = subprocess.run(

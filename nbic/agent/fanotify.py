@@ -1,5 +1,5 @@
-"""The fanotify tracer: every file opened, read or executed on the session's
-overlay filesystem, by any process, including ones that unshare their mounts.
+"""The fanotify tracer: every file opened or executed on the session's overlay
+filesystem, by any process, including ones that unshare their mounts.
 
 One FAN_MARK_FILESYSTEM mark on the overlay; each event's fd names the file
 through /proc/self/fd; after a file's first event an ignore mark on its inode
@@ -28,7 +28,6 @@ FAN_MARK_ADD = 0x1
 FAN_MARK_IGNORED_MASK = 0x20
 FAN_MARK_IGNORED_SURV_MODIFY = 0x40
 FAN_MARK_FILESYSTEM = 0x100
-FAN_ACCESS = 0x1
 FAN_OPEN = 0x20
 FAN_OPEN_EXEC = 0x1000
 FAN_Q_OVERFLOW = 0x4000
@@ -37,7 +36,10 @@ FAN_EVENT_ON_CHILD = 0x08000000
 AT_FDCWD = -100
 FAN_NOFD = -1
 
-EVENTS = FAN_OPEN | FAN_OPEN_EXEC | FAN_ACCESS
+# Opens only: every file a session reads it opened after the mark, and an access
+# event per read() (each with an fd the kernel opens for it) is what made
+# tracing cost more than the session before a file's ignore mark was in place.
+EVENTS = FAN_OPEN | FAN_OPEN_EXEC
 _METADATA = struct.Struct("=IBBHQii")
 _DELETED = " (deleted)"
 
@@ -138,8 +140,7 @@ class FanotifyTracer:
             self._programs.setdefault(pid, inside)
             self.uses.setdefault(inside, ("exec", inside))
         elif inside is not None and inside not in self.uses:
-            call = "open" if mask & FAN_OPEN else "read"
-            self.uses[inside] = (call, self._program(pid))
+            self.uses[inside] = ("open", self._program(pid))
         # Later events for this inode say nothing new: stop them at the source.
         ignore = EVENTS | (FAN_ONDIR if mask & FAN_ONDIR else 0)
         with contextlib.suppress(OSError):  # only a speed-up; the event is recorded

@@ -31,6 +31,13 @@ class FileType(enum.IntEnum):
         return cls(stat.S_IFMT(mode))
 
 
+TYPE_NAMES = {
+    FileType.FIFO: "fifo", FileType.CHAR: "char device", FileType.DIR: "directory",
+    FileType.BLOCK: "block device", FileType.FILE: "file", FileType.SYMLINK: "symlink",
+    FileType.SOCKET: "socket",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One archive member. `size` is the data length: file content or symlink target."""

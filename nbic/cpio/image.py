@@ -49,6 +49,15 @@ class ImageReader:
         last finished segment: its uncompressed size once iterated to the end."""
         return self._source.offset + self._expansion
 
+    def location(self, entry: Entry) -> str:
+        """Where `entry`'s header is, for messages: a byte offset in the image, or in
+        the decompressed data of the segment that holds it."""
+        segment = self.segments[entry.archive]
+        if segment.compression is Compression.NONE:
+            return f"byte {entry.offset} of {self._source.name}"
+        return (f"decompressed byte {entry.offset} of the {segment.compression.value} "
+                f"segment at byte {segment.offset} of {self._source.name}")
+
     def read(self, size: int = -1) -> bytes:
         return self._archive.read(size) if self._archive else b""
 
