@@ -19,10 +19,10 @@ log = logging.getLogger("nbic")
 
 
 def _stages() -> dict[str, ModuleType]:
-    from nbic import boot, gc, netboot, pack, rootfs, run, serve, verify
+    from nbic import boot, build, gc, netboot, pack, rootfs, run, serve, verify
 
-    return {"run": run, "pack": pack, "verify": verify, "boot": boot, "netboot": netboot,
-            "serve": serve, "rootfs": rootfs, "gc": gc}
+    return {"run": run, "pack": pack, "verify": verify, "boot": boot, "build": build,
+            "netboot": netboot, "serve": serve, "rootfs": rootfs, "gc": gc}
 
 
 def _tools() -> dict:

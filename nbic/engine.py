@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import errno
+import functools
 import hashlib
 import io
 import json
 import logging
 import os
+import socket
 import tarfile
 import tempfile
 import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -33,14 +37,30 @@ from nbic.errors import NbicError
 log = logging.getLogger("nbic")
 
 BUILDER_REPOSITORY = "nbic-builder"
+# Pinned, so no /version round trip is paid per run: the highest version Docker
+# 20.10 (Debian 12's) serves, which Docker 28 and Podman 4's compat API accept.
+API_VERSION = "1.41"
 LABEL = "nbic"  # every container and volume nbic makes carries it
-# What the agent needs: mounts (overlay, proc, sysfs), fanotify, chroot, ptrace.
-# Not `privileged`: some hosts cannot grant every capability (a bounding set
-# without CAP_SYS_RESOURCE makes Docker refuse privileged containers), so ask
-# for all but that one.
+
+# What the agent and a session need, and nothing more: mounts (overlay, proc,
+# sysfs, tmpfs, binds) and fanotify (SYS_ADMIN), chroot, ptrace for strace, and
+# what a root session does in a rootfs (dpkg/apt: ownership, modes, setuid
+# helpers, file capabilities; device nodes; signals to its own daemons; login
+# tools that audit; daemons on low ports). Not, among others: SYS_MODULE,
+# SYS_RAWIO, SYS_TIME, SYS_BOOT, SYS_RESOURCE, SYS_NICE, NET_ADMIN, NET_RAW,
+# MAC_ADMIN, SYSLOG, BPF, SETPCAP (nor `privileged`, which some hosts refuse).
+AGENT_CAPABILITIES = (
+    "SYS_ADMIN", "SYS_CHROOT", "SYS_PTRACE",
+    "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETUID", "SETGID", "SETFCAP",
+    "MKNOD", "KILL", "AUDIT_WRITE", "NET_BIND_SERVICE",
+)
+# AppArmor's docker-default profile forbids mount(2) outright, which the agent
+# needs; the capabilities above are the boundary. Seccomp stays unconfined too:
+# the engines' default profiles differ (Podman's and Docker's) in what they let
+# through for a CAP_SYS_ADMIN holder.
 AGENT_PRIVILEGES: dict[str, Any] = {
-    "cap_add": ["ALL"],
-    "cap_drop": ["SYS_RESOURCE"],
+    "cap_drop": ["ALL"],
+    "cap_add": list(AGENT_CAPABILITIES),
     "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
 }
 
@@ -65,22 +85,64 @@ def _failures() -> tuple[type[BaseException], ...]:
 
 
 class EngineError(NbicError):
-    """Docker is unreachable, refused something, or a container failed."""
+    """The engine is unreachable, refused something, or a container failed."""
+
+
+# --- errors, classified by cause ----------------------------------------------
+
+# The engine's socket is not there or nothing listens on it.
+UNREACHABLE = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED,
+                         errno.ENOTSOCK, errno.EPIPE, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                         errno.ETIMEDOUT})
+DENIED = frozenset({errno.EACCES, errno.EPERM})
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+UNREACHABLE_HINT = (
+    "start Docker (socket /var/run/docker.sock; rootless: $XDG_RUNTIME_DIR/docker.sock) "
+    "or Podman (`podman system service`; socket /run/podman/podman.sock, rootless: "
+    "$XDG_RUNTIME_DIR/podman/podman.sock), and set DOCKER_HOST=unix://SOCKET "
+    "unless it is Docker's default")
+
+
+def engine_address() -> str:
+    return os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+
+
+def os_error(exc: BaseException) -> OSError | None:
+    """The OSError with an errno behind an SDK failure: requests' ConnectionError
+    wraps urllib3's errors, which wrap the socket's OSError (in args, reason,
+    __cause__ or __context__)."""
+    pending, seen = [exc], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno is not None:
+            return current
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None),
+                  *getattr(current, "args", ())]
+        pending.extend(item for item in linked if isinstance(item, BaseException))
+    return None
 
 
 def _explain(exc: BaseException) -> str:
-    text = str(exc)
-    if isinstance(exc, _sdk().errors.APIError) and exc.explanation:
-        text = str(exc.explanation)
-    lowered = text.lower()
-    if "permission denied" in lowered and "docker.sock" in lowered:
-        return (f"{text}: no permission to use Docker; add your user to the 'docker' group "
-                "or use rootless Docker")
-    if any(word in lowered for word in ("connection refused", "no such file or directory",
-                                        "connection aborted", "error while fetching server")):
-        return (f"cannot reach the Docker engine ({text.splitlines()[0]}); start it "
-                "(e.g. `sudo systemctl start docker`) or set DOCKER_HOST")
-    return text
+    """One line on what went wrong, chosen by the failure's type, HTTP status or
+    errno (an engine's message text is shown, never interpreted)."""
+    if isinstance(exc, _sdk().errors.APIError):
+        detail = str(exc.explanation or exc).strip()
+        return f"the engine refused ({exc.status_code}): {detail}"
+    cause = os_error(exc)
+    if cause is not None and cause.errno in UNREACHABLE:
+        return (f"cannot reach the container engine at {engine_address()} "
+                f"({os.strerror(cause.errno)}); {UNREACHABLE_HINT}")
+    if cause is not None and cause.errno in DENIED:
+        return (f"no permission to use the container engine at {engine_address()} "
+                f"({os.strerror(cause.errno)}); add your user to the 'docker' group, or use "
+                "rootless Docker or Podman (DOCKER_HOST=unix://$XDG_RUNTIME_DIR/docker.sock "
+                "or .../podman/podman.sock)")
+    if cause is not None:
+        return f"{exc.__class__.__name__}: {os.strerror(cause.errno)} ({engine_address()})"
+    return str(exc) or exc.__class__.__name__
 
 
 @contextmanager
@@ -93,8 +155,8 @@ def docker_errors(what: str) -> Iterator[None]:
 
 def connect() -> docker.DockerClient:
     """A client for the engine named by the environment (DOCKER_HOST or the socket)."""
-    with docker_errors("Docker"):
-        client = _sdk().from_env(timeout=600)
+    with docker_errors("connecting"):
+        client = _sdk().from_env(version=API_VERSION, timeout=600)
         client.ping()
     return client
 
@@ -226,13 +288,133 @@ def builder_image(client: docker.DockerClient) -> str:
     return tag
 
 
+def build_image(client: docker.DockerClient, dockerfile: Path, tag: str) -> str:
+    """Build an image from a Dockerfile, its directory as the context (Docker's
+    layer cache makes a rebuild of an unchanged one quick); returns its id."""
+    try:
+        image, logs = client.images.build(path=str(dockerfile.parent),
+                                          dockerfile=dockerfile.name, tag=tag, rm=True,
+                                          forcerm=True, labels={LABEL: "rootfs-image"})
+    except _sdk().errors.BuildError as exc:
+        tail = "".join(str(line.get("stream", line.get("error", ""))) for line in
+                       list(exc.build_log)[-8:]).strip()
+        raise EngineError(f"docker build {dockerfile} failed: {exc.msg}\n{tail}") from exc
+    except _failures() as exc:
+        raise EngineError(f"docker build {dockerfile}: {_explain(exc)}") from exc
+    for line in logs:
+        if text := str(line.get("stream", "")).strip():
+            log.debug("docker build: %s", text)
+    return str(image.id)
+
+
 # --- containers ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Owner:
+    """The nbic process that made a container, as labels on it: enough to tell,
+    from the same host, whether that process is gone (a reused pid has another
+    start time), and never to mistake a container of another host for ours."""
+
+    host: str  # hostname
+    machine: str  # /etc/machine-id: the same hostname on two machines differs here
+    boot: str  # boot id: pids and start times mean something only within one boot
+    pidns: str  # the pid namespace the pid is in
+    pid: int
+    started: str  # field 22 of /proc/PID/stat: clock ticks after boot
+    uid: int
+
+    def labels(self) -> dict[str, str]:
+        return {f"{LABEL}.{item.name}": str(getattr(self, item.name)) for item in fields(self)}
+
+    @classmethod
+    def from_labels(cls, labels: dict[str, str]) -> Owner | None:
+        try:
+            values = {item.name: labels[f"{LABEL}.{item.name}"] for item in fields(cls)}
+            return cls(**{**values, "pid": int(values["pid"]), "uid": int(values["uid"])})
+        except (KeyError, ValueError):
+            return None  # not made by a run that labels its owner
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as stream:
+            return stream.read().strip()
+    except OSError:
+        return ""
+
+
+def _process_state(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of a process, None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as stream:
+            after_name = stream.read().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return None
+    return after_name[0], after_name[19]  # fields 3 and 22
+
+
+@functools.cache
+def current_owner() -> Owner:
+    pid = os.getpid()
+    state = _process_state(pid)
+    return Owner(host=socket.gethostname(), machine=_read("/etc/machine-id"),
+                 boot=_read("/proc/sys/kernel/random/boot_id"),
+                 pidns=str(os.stat("/proc/self/ns/pid").st_ino), pid=pid,
+                 started=state[1] if state else "", uid=os.getuid())
+
+
+def _owner_gone(owner: Owner, me: Owner) -> bool:
+    """Whether the run that made a container has certainly ended."""
+    if (owner.host, owner.machine) != (me.host, me.machine):
+        return False  # another host's run: its processes cannot be seen from here
+    if owner.boot != me.boot:
+        return True  # an earlier boot of this machine
+    if owner.pidns != me.pidns:
+        return False  # another pid namespace: its pids mean nothing here
+    state = _process_state(owner.pid)
+    if state is None:
+        try:
+            os.kill(owner.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False  # alive, though /proc hides it (hidepid): keep its container
+    status, started = state
+    return started != owner.started or status in ("Z", "X")  # pid reused, or a corpse
+
+
+def stale_containers(client: docker.DockerClient) -> list[tuple[Any, Owner]]:
+    """The containers of nbic runs on this host whose process is gone (killed
+    outright: no cleanup of theirs ran), with their owners. A live run's
+    container, or one from another host, is never among them."""
+    me = current_owner()
+    with docker_errors("listing nbic's containers"):
+        # sparse: the list alone carries the labels; no inspect per container.
+        found = client.containers.list(all=True, sparse=True, filters={
+            "label": [f"{LABEL}.pid", f"{LABEL}.host={me.host}"]})
+    owned = ((item, Owner.from_labels(item.attrs.get("Labels") or {})) for item in found)
+    return [(item, owner) for item, owner in owned
+            if owner is not None and _owner_gone(owner, me)]
+
+
+def remove_stale_containers(client: docker.DockerClient) -> list[str]:
+    """Remove the stale_containers(); returns their ids."""
+    removed = []
+    for item, _owner in stale_containers(client):
+        remove_container(item)
+        removed.append(item.id)
+    if removed:
+        log.info("removed %d container(s) left by nbic runs that were killed", len(removed))
+    return removed
+
 
 @contextmanager
 def container(client: docker.DockerClient, image: str, command: list[str], *,
               role: str, **options: Any) -> Iterator[Any]:
-    """A created (not started) container, removed with force on every exit."""
-    labels = {LABEL: role, **options.pop("labels", {})}
+    """A created (not started) container, labelled with its role and the nbic
+    process that owns it, removed with force on every exit."""
+    labels = {LABEL: role, **current_owner().labels(), **options.pop("labels", {})}
     with docker_errors(f"creating the {role} container"):
         created = client.containers.create(image, command, labels=labels, **options)
     try:
@@ -247,7 +429,7 @@ def remove_container(created: Any) -> None:
     except _sdk().errors.NotFound:
         pass
     except _failures() as exc:
-        log.warning("could not remove container %s: %s", created.short_id, _explain(exc))
+        log.warning("could not remove container %s: %s", created.id[:12], _explain(exc))
 
 
 def start(created: Any, what: str) -> None:
@@ -273,13 +455,27 @@ def _translated(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield from chunks
 
 
+def _archive(created: Any, path: str) -> Iterator[bytes]:
+    """get_archive, once more after the container has stopped if it failed with
+    HTTP 500: Podman still takes a container whose process has just ended for a
+    running one, and then opens the mount namespace of the process that is gone
+    (seen 1 time in 5 right after the attach stream ends)."""
+    try:
+        return created.get_archive(path, chunk_size=1 << 20)[0]
+    except _sdk().errors.APIError as exc:
+        if exc.status_code != 500:
+            raise
+    created.wait(condition="not-running", timeout=60)
+    return created.get_archive(path, chunk_size=1 << 20)[0]
+
+
 @contextmanager
 def fetch_tree(created: Any, path: str
                ) -> Iterator[Iterator[tuple[tarfile.TarInfo, BinaryIO | None]]]:
     """Stream a path out of a (possibly stopped) container: (member, data) pairs,
     each member's data readable until the next is taken."""
     with docker_errors(f"fetching {path} from a container"):
-        chunks, _stat = created.get_archive(path, chunk_size=1 << 20)
+        chunks = _archive(created, path)
     stream = io.BufferedReader(ChunkReader(_translated(chunks)), 1 << 20)
     with tarfile.open(fileobj=stream, mode="r|", encoding="utf-8",
                       errors="surrogateescape") as archive:
@@ -380,6 +576,12 @@ def put_stream(created: Any, directory: str, chunks: Iterator[bytes], what: str)
     with docker_errors(what):
         if not created.put_archive(directory, chunks):
             raise EngineError(f"{what}: Docker refused the archive")
+
+
+def exit_status(created: Any, command: list[str], what: str) -> int:
+    """Run a command in a running container; its exit status (output dropped)."""
+    with docker_errors(what):
+        return int(created.exec_run(command).exit_code)
 
 
 def run_in(created: Any, command: list[str], what: str) -> str:

@@ -59,3 +59,12 @@ class QemuError(BootError):
 
 class KernelError(NbicError):
     """A kernel could not be fetched, unpacked or understood."""
+
+
+class RecipeError(UsageError):
+    """A recipe (images/NAME/recipe.toml) or its lock is malformed; the message names
+    the file and the key."""
+
+
+class BuildError(NbicError):
+    """A recipe's image failed its boot check, or a locked rebuild differs from its lock."""

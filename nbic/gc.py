@@ -5,6 +5,8 @@
   changed (a tar or directory changed or removed, a Docker image retagged or
   removed), and image volumes of `nbic verify` whose image is gone or changed;
   with --all, every nbic volume;
+* containers of nbic runs on this host that were killed outright (their
+  process is gone);
 * never a volume or image a container still uses.
 """
 
@@ -71,7 +73,9 @@ def _stale_source(client: Any, volume: Any) -> str | None:
 
 def collect(client: Any, *, everything: bool) -> list[tuple[str, Any, str]]:
     """(kind, object, why) for everything gc would remove."""
-    doomed: list[tuple[str, Any, str]] = []
+    doomed: list[tuple[str, Any, str]] = [
+        ("container", item, f"its nbic run (pid {owner.pid}) is gone")
+        for item, owner in engine.stale_containers(client)]
     builder = engine.builder_image(client)
     for image in engine.list_images(client, "builder"):
         if builder not in image.tags:
@@ -97,12 +101,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     client = engine.connect()
     for kind, item, why in collect(client, everything=args.all):
-        name = item.name if kind == "volume" else ", ".join(item.tags) or item.short_id
+        name = item.name if kind == "volume" else item.id[:12] if kind == "container" \
+            else ", ".join(item.tags) or item.short_id
         if args.dry_run:
             print(f"would remove {kind} {name}: {why}")
             continue
         if kind == "volume":
             engine.remove_volume(item)
+        elif kind == "container":
+            engine.remove_container(item)
         else:
             engine.remove_image(client, item)
         print(f"removed {kind} {name}: {why}")

@@ -1,7 +1,7 @@
 """Reference rootfs sources and their cache of Docker volumes.
 
-A source (a tar, a directory, a Docker image, or a Debian suite to
-debootstrap) is imported once into a volume named by its content digest; later
+A source (a tar, a directory, a Docker image, a Dockerfile to build, or a
+Debian suite to debootstrap) is imported once into a volume named by its content digest; later
 sessions mount that volume read-only under an overlay, so the cache is never
 changed by a session. Imports go through Docker's archive API as one stream:
 the host never extracts the rootfs, and debootstrap runs in a container.
@@ -19,6 +19,7 @@ import shlex
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -29,7 +30,7 @@ from nbic.cache import user_cache
 from nbic.cpio.archive import Member, order
 from nbic.cpio.compress import decompressor_for, detect
 from nbic.cpio.entry import FileType
-from nbic.cpio.source import CHUNK, ByteSource, DecompressedSource
+from nbic.cpio.source import CHUNK, ByteSource, ChunkReader, DecompressedSource
 from nbic.errors import NbicError, RootfsError, UsageError
 from nbic.output import atomic_output
 from nbic.tarstream import write_tar
@@ -42,12 +43,14 @@ DEFAULT_MIRROR = os.environ.get("NBIC_DEBIAN_MIRROR", "http://deb.debian.org/deb
 VOLUME_PREFIX = "nbic-rootfs-"
 # Sessions read the rootfs's index instead of walking it (nbic.agent.rootfs_index).
 INDEX_COMMAND = ["python3", "-m", "nbic.agent", serial.dumps(Request(Task.INDEX))]
+ROOTFS_IMAGE_REPOSITORY = "nbic-rootfs"  # images built from dockerfile: sources
 
 
 class SourceKind(enum.Enum):
     TAR = "tar"
     DIR = "dir"
     DOCKER = "docker"
+    DOCKERFILE = "dockerfile"  # built with Docker, then imported like an image
     DEBOOTSTRAP = "debootstrap"
 
 
@@ -58,15 +61,19 @@ class RootfsSource:
     mirror: str = DEFAULT_MIRROR
 
     def __str__(self) -> str:
+        """The text parse_source reads back as this source."""
         if self.kind is SourceKind.DEBOOTSTRAP:
-            return f"debootstrap:{self.location}"
-        if self.kind is SourceKind.DOCKER:
-            return f"docker:{self.location}"
+            mirror = "" if self.mirror == DEFAULT_MIRROR else f":{self.mirror}"
+            return f"debootstrap:{self.location}{mirror}"
+        if self.kind in (SourceKind.DOCKER, SourceKind.DOCKERFILE):
+            return f"{self.kind.value}:{self.location}"
         return self.location
 
 
-def parse_source(text: str | None) -> RootfsSource:
-    """`FILE.tar[.gz|.xz|.zst]`, `DIR`, `docker:REF`, `debootstrap:SUITE[:MIRROR]`."""
+def parse_source(text: str | None, base: Path | None = None) -> RootfsSource:
+    """`FILE.tar[.gz|.xz|.zst]`, `DIR`, `docker:REF`, `dockerfile:PATH`,
+    `debootstrap:SUITE[:MIRROR]`. Relative paths are found from `base` (a
+    recipe's directory) when given."""
     text = text or DEFAULT_SOURCE
     if text.startswith("docker:"):
         return RootfsSource(SourceKind.DOCKER, text.removeprefix("docker:"))
@@ -75,13 +82,18 @@ def parse_source(text: str | None) -> RootfsSource:
         if not suite:
             raise UsageError("debootstrap: needs a suite, e.g. debootstrap:bookworm")
         return RootfsSource(SourceKind.DEBOOTSTRAP, suite, mirror or DEFAULT_MIRROR)
-    path = Path(text)
+    if text.startswith("dockerfile:"):
+        dockerfile = (base or Path()) / text.removeprefix("dockerfile:")
+        if not dockerfile.is_file():
+            raise RootfsError(f"rootfs {text}: {dockerfile} is not a file")
+        return RootfsSource(SourceKind.DOCKERFILE, str(dockerfile.resolve()))
+    path = (base or Path()) / text
     if path.is_dir():
         return RootfsSource(SourceKind.DIR, str(path.resolve()))
     if path.is_file():
         return RootfsSource(SourceKind.TAR, str(path.resolve()))
-    raise RootfsError(f"rootfs {text} does not exist (give a tar, a directory, docker:IMAGE "
-                      "or debootstrap:SUITE)")
+    raise RootfsError(f"rootfs {text} does not exist (give a tar, a directory, docker:IMAGE, "
+                      "dockerfile:PATH or debootstrap:SUITE)")
 
 
 # --- tar streams of each source ----------------------------------------------
@@ -129,6 +141,42 @@ def _directory_chunks(root: str) -> Iterator[bytes]:
 
 def _opener(tree: DirTree, name: str) -> Callable[[], BinaryIO]:
     return lambda: tree.open(name)
+
+
+def without_device_nodes(chunks: Iterator[bytes], left_out: list[str]) -> Iterator[bytes]:
+    """A tar stream without its device nodes and hardlinks to them (their names go
+    into `left_out`), rewritten by a thread through a pipe: memory stays bounded."""
+    read_fd, write_fd = os.pipe()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with os.fdopen(write_fd, "wb") as out, \
+                    tarfile.open(fileobj=ChunkReader(chunks), mode="r|",
+                                 errors="surrogateescape") as source, \
+                    tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
+                                 errors="surrogateescape") as target:
+                nodes: set[str] = set()
+                for info in source:
+                    if info.ischr() or info.isblk() or (info.islnk()
+                                                        and info.linkname in nodes):
+                        nodes.add(info.name)
+                        left_out.append(info.name.lstrip("./"))
+                        continue
+                    target.addfile(info, source.extractfile(info) if info.isreg() else None)
+        except BaseException as exc:  # reported by the reading side
+            failure.append(exc)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    with os.fdopen(read_fd, "rb") as stream:
+        while chunk := stream.read(CHUNK):
+            yield chunk
+    thread.join()
+    if failure:
+        if isinstance(failure[0], tarfile.TarError):
+            raise RootfsError(f"cannot read the rootfs tar: {failure[0]}") from None
+        raise failure[0]
 
 
 def _digest(chunks: Iterator[bytes]) -> str:
@@ -211,16 +259,33 @@ def cache_key(client, source: RootfsSource) -> str:
             return digest
         case SourceKind.DOCKER:
             return engine.image_id(client, source.location).removeprefix("sha256:")
+        case SourceKind.DOCKERFILE:
+            return cache_key(client, built(client, source))
         case SourceKind.DEBOOTSTRAP:
             text = f"debootstrap\0{source.location}\0{source.mirror}\0minbase"
             return hashlib.sha256(text.encode()).hexdigest()
     raise UsageError(f"unknown rootfs kind {source.kind}")
 
 
+def built(client, source: RootfsSource) -> RootfsSource:
+    """A Dockerfile source as the image Docker builds from it (tagged by the
+    Dockerfile's digest, so a copy of a recipe shares the image)."""
+    dockerfile = Path(source.location)
+    try:
+        digest = hashlib.sha256(dockerfile.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise RootfsError(f"cannot read {dockerfile}: {exc.strerror}") from None
+    log.info("rootfs %s: docker build", source)
+    image = engine.build_image(client, dockerfile, f"{ROOTFS_IMAGE_REPOSITORY}:{digest[:16]}")
+    return RootfsSource(SourceKind.DOCKER, image)
+
+
 # --- the cache ----------------------------------------------------------------
 
 def ensure(client, source: RootfsSource, builder: str) -> str:
     """The name of a volume holding `source` under rootfs/, importing it if needed."""
+    if source.kind is SourceKind.DOCKERFILE:
+        source = built(client, source)
     key = cache_key(client, source)
     name = VOLUME_PREFIX + key[:16]
     if engine.find_volume(client, name) is not None:
@@ -242,7 +307,10 @@ def _import(client, source: RootfsSource, builder: str, volume: str) -> None:
     mounts = {volume: {"bind": IMPORT_DIR, "mode": "rw"}}
     if source.kind is SourceKind.DEBOOTSTRAP:
         index = shlex.join(INDEX_COMMAND)
-        script = (f"debootstrap --variant=minbase {source.location} {IMPORT_DIR}/rootfs "
+        # Where no device node can be made (rootless engines), debootstrap is told
+        # it runs in a container, where it makes none.
+        script = (f"mknod /tmp/nbic-probe c 1 3 2>/dev/null || export container=lxc; "
+                  f"debootstrap --variant=minbase {source.location} {IMPORT_DIR}/rootfs "
                   f"{source.mirror} && {index} && touch {IMPORT_DIR}/{READY_MARK}")
         with engine.container(client, builder, ["sh", "-c", script], role="import",
                               volumes=mounts) as helper:
@@ -255,13 +323,23 @@ def _import(client, source: RootfsSource, builder: str, volume: str) -> None:
                           volumes=mounts) as helper:
         engine.start(helper, "starting the import container")
         engine.run_in(helper, ["mkdir", "-p", f"{IMPORT_DIR}/rootfs"], "preparing the import")
-        if source.kind is SourceKind.DOCKER:
-            with engine.exported_image(client, source.location) as chunks:
-                engine.put_stream(helper, f"{IMPORT_DIR}/rootfs", chunks, f"importing {source}")
-        else:
-            chunks = (_file_chunks(source.location) if source.kind is SourceKind.TAR
-                      else _directory_chunks(source.location))
+        # A rootless engine cannot make device nodes, and refuses an archive with any.
+        nodes = engine.exit_status(helper, ["mknod", "/tmp/nbic-probe", "c", "1", "3"],
+                                   "probing the engine") == 0
+        with ExitStack() as stack:
+            if source.kind is SourceKind.DOCKER:
+                chunks = stack.enter_context(engine.exported_image(client, source.location))
+            else:
+                chunks = (_file_chunks(source.location) if source.kind is SourceKind.TAR
+                          else _directory_chunks(source.location))
+            left_out: list[str] = []
+            if not nodes:
+                chunks = without_device_nodes(chunks, left_out)
             engine.put_stream(helper, f"{IMPORT_DIR}/rootfs", chunks, f"importing {source}")
+        if left_out:
+            log.info("this engine cannot make device nodes (a rootless engine): %d of the "
+                     "rootfs's were left out (/%s, ...); images still get the nodes a boot "
+                     "needs and those a session opens", len(left_out), left_out[0])
         engine.run_in(helper, INDEX_COMMAND, "indexing the rootfs")
         engine.run_in(helper, ["touch", f"{IMPORT_DIR}/{READY_MARK}"], "finishing the import")
 

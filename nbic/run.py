@@ -127,6 +127,7 @@ def compile_session(config: RunConfig) -> RunResult:
     request = Request(Task.SESSION, config.selection, config.session)
     with interruptible():
         client = engine.connect()
+        engine.remove_stale_containers(client)  # of runs killed outright (kill -9)
         builder = engine.builder_image(client)
         volume = rootfs.ensure(client, source, builder)
         interactive = config.session.interactive
@@ -234,8 +235,9 @@ def _relay(created: Any) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rootfs", metavar="SRC",
-                        help="FILE.tar[.gz|.xz|.zst], a directory, docker:IMAGE or "
-                        f"debootstrap:SUITE (default: {rootfs.DEFAULT_SOURCE}, cached)")
+                        help="FILE.tar[.gz|.xz|.zst], a directory, docker:IMAGE, "
+                        "dockerfile:PATH or debootstrap:SUITE (default: "
+                        f"{rootfs.DEFAULT_SOURCE}, cached)")
     parser.add_argument("-o", "--output", metavar="OUT", required=True,
                         help="image to write (.cpio, .cpio.zst, .gz, .xz, .lz4)")
     parser.add_argument("--script", metavar="FILE",

@@ -67,6 +67,7 @@ def verify(config: VerifyConfig) -> Replay:
         raise UsageError("give the check: --script FILE or -- COMMAND [ARGS...]")
     digest = _digest(config.image)
     client = engine.connect()
+    engine.remove_stale_containers(client)  # of runs killed outright (kill -9)
     builder = engine.builder_image(client)
     volumes = {_ensure_image_volume(client, builder, config.image, digest):
                {"bind": IMAGE_CACHE, "mode": "ro"}}

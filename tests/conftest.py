@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from boot_helpers import compile_static_init
 
-pytest_plugins = ["docker_fixtures"]  # docker_engine and the pytest-docker overrides
+# docker_engine and the pytest-docker overrides; the engine matrix (engine fixture)
+pytest_plugins = ["docker_fixtures", "engine_matrix"]
 
 
 def _env_path(name: str, *, want_dir: bool = False) -> Path:

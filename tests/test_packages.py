@@ -69,7 +69,7 @@ def test_bash_image_by_package(rootfs_dir, rootfs_tar, tmp_path):
     for name, item in shares.items():
         assert any(line.split()[0] == str(item["bytes"]) and line.endswith(f"  {name}")
                    for line in lines.splitlines()), name
-    assert lines.splitlines()[-1] == f"total: 12 files, {data} data, {len(shares) - 1} packages"
+    assert lines.splitlines()[-1] == f"total: 13 files, {data} data, {len(shares) - 1} packages"
 
 
 def test_owners_agree_with_dpkg_query(rootfs_dir, tmp_path):

@@ -12,6 +12,7 @@ import pty
 import select
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import termios
 import time
 from pathlib import Path
 
+import docker
 import pytest
 from docker_fixtures import ROOTFS_IMAGE, ROOTFS_IMAGE_HELLO
 
@@ -40,9 +42,14 @@ umount /proc
 """
 
 
-def nbic(*args, check=True, **options) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "nbic.cli", *map(str, args)], cwd=REPO,
-                            capture_output=True, text=True, **options)
+def nbic(*args, check=True, timeout=None, **options) -> subprocess.CompletedProcess:
+    """Run nbic; the result's `pid` is the run's process id (see run_containers)."""
+    with subprocess.Popen([sys.executable, "-m", "nbic.cli", *map(str, args)], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          **options) as process:
+        stdout, stderr = process.communicate(timeout=timeout)
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    result.pid = process.pid
     if check and result.returncode:
         raise AssertionError(f"nbic {args} failed ({result.returncode}):\n{result.stderr}")
     return result
@@ -74,9 +81,11 @@ def failed_lookups(report: Path) -> set[str]:
     return {lookup["path"] for lookup in json.loads(report.read_text())["session_failed_lookups"]}
 
 
-def nbic_containers(client) -> list:
-    return [c for c in client.containers.list(all=True, filters={"label": "nbic"})
-            if c.labels.get("nbic") in ("session", "import", "export")]
+def run_containers(client, pid: int) -> list:
+    """The containers of the nbic run with this process id on this host (other
+    checkouts' runs share the engine)."""
+    return client.containers.list(all=True, filters={
+        "label": [f"nbic.pid={pid}", f"nbic.host={socket.gethostname()}"]})
 
 
 def test_quick_start_traces_the_session_and_the_image_boots(
@@ -97,7 +106,7 @@ def test_quick_start_traces_the_session_and_the_image_boots(
     assert "etc/hostname" in entries
     used = traced(tmp_path / "report.json")
     assert "/usr/bin/cat" in used and "/chroot" in used
-    assert not nbic_containers(docker_engine)
+    assert not run_containers(docker_engine, result.pid)
 
     booted = boot(image, BootConfig(kernel=kernel, expect=("NBIC-QUICKSTART-OK",),
                                     timeout=180))
@@ -242,14 +251,14 @@ def test_interrupting_a_session_leaves_nothing_behind(docker_engine, quickstart_
          str(image), "--", "sleep", "300"], cwd=REPO, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not [c for c in nbic_containers(docker_engine) if c.status == "running"]:
+    while not [c for c in run_containers(docker_engine, process.pid) if c.status == "running"]:
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.2)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode != 0
     assert "Traceback" not in stderr.decode()
-    assert not nbic_containers(docker_engine)
+    assert not run_containers(docker_engine, process.pid)
     assert {v.name for v in docker_engine.volumes.list()} == volumes_before
     assert list(tmp_path.iterdir()) == []
 
@@ -339,6 +348,76 @@ def test_rootfs_cache_commands(docker_engine, tmp_path):
     assert volume not in nbic("rootfs", "ls").stdout
     missing = nbic("rootfs", "rm", volume, check=False)
     assert missing.returncode == 1 and "no cached rootfs" in missing.stderr
+
+
+def test_a_run_killed_outright_is_cleaned_up_by_the_next(docker_engine, rootfs_tar, tmp_path):
+    def start(name: str, *command: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "nbic.cli", "run", "--rootfs", str(rootfs_tar), "-o",
+             str(tmp_path / name), "--", *command], cwd=REPO, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+
+    def running(process: subprocess.Popen):
+        deadline = time.monotonic() + 120
+        while True:
+            found = [c for c in run_containers(docker_engine, process.pid)
+                     if c.status == "running"]
+            if found:
+                return found[0]
+            assert time.monotonic() < deadline and process.poll() is None, process.stderr
+            time.sleep(0.2)
+
+    killed = start("killed.cpio", "sleep", "300")
+    live = start("live.cpio", "sh", "-c", "until [ -e /tmp/go ]; do sleep 0.1; done")
+    killed_container, live_container = running(killed), running(live)
+    killed.kill()  # SIGKILL: no cleanup of its own runs
+    killed.communicate()
+    assert docker_engine.containers.get(killed_container.id).status == "running"
+
+    nbic("run", "--rootfs", rootfs_tar, "-o", tmp_path / "next.cpio", "--", "true")
+    with pytest.raises(docker.errors.NotFound):
+        docker_engine.containers.get(killed_container.id)
+    assert docker_engine.containers.get(live_container.id).status == "running"
+
+    # The live run was never disturbed: let its session end, and it finishes.
+    live_container.exec_run(["touch", "/rootfs/tmp/go"])
+    _, stderr = live.communicate(timeout=120)
+    assert live.returncode == 0, stderr
+    assert "usr/bin/dash" in names(tmp_path / "live.cpio")
+    assert not run_containers(docker_engine, live.pid)
+    assert not (tmp_path / "killed.cpio").exists()
+
+
+# Capability numbers (linux/capability.h).
+CAP = {"NET_ADMIN": 12, "SYS_MODULE": 16, "SYS_RAWIO": 17, "SYS_CHROOT": 18, "SYS_PTRACE": 19,
+       "SYS_ADMIN": 21, "SYS_BOOT": 22, "SYS_RESOURCE": 24, "SYS_TIME": 25, "MAC_ADMIN": 33,
+       "SYSLOG": 34, "MKNOD": 27, "NET_RAW": 13, "BPF": 39}
+
+
+def test_a_session_cannot_reach_the_host_kernel(docker_engine, rootfs_tar, tmp_path):
+    # A static program (the rootfs has no compiler, nor python) as the session;
+    # tests/privileges.c says why each check is harmless even if it were not refused.
+    program = tmp_path / "privileges"
+    subprocess.run(["gcc", "-static", "-O2", "-o", program, REPO / "tests/privileges.c"],
+                   check=True)
+    result = nbic("run", "--rootfs", rootfs_tar, "--script", program, "-o",
+                  tmp_path / "privileges.cpio")
+    report = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
+    held = int(report["CapEff"], 16)
+    for name in ("SYS_MODULE", "SYS_RAWIO", "SYS_BOOT", "SYS_TIME", "SYS_RESOURCE",
+                 "NET_ADMIN", "NET_RAW", "MAC_ADMIN", "SYSLOG", "BPF"):
+        assert not held & 1 << CAP[name], name
+    for name in ("SYS_ADMIN", "SYS_CHROOT", "SYS_PTRACE", "MKNOD"):
+        assert held & 1 << CAP[name], name
+    # Without module support in the kernel, init_module is ENOSYS for everyone.
+    assert report["init_module"] == ("EPERM" if os.path.exists("/proc/modules") else "ENOSYS")
+    assert report["clock_settime"] == "EPERM"
+    assert report["date -s"] != "exit 0"
+    assert report["reboot"] == "EPERM"
+    # The agent binds /dev/null over it, where the kernel has one.
+    assert report["sysrq-trigger"] == (
+        "/dev/null" if os.path.exists("/proc/sysrq-trigger") else "ENOENT")
+    assert report["/proc/sys"] == "read-only"
 
 
 def test_gc_removes_what_nbic_no_longer_needs_and_nothing_in_use(docker_engine, tmp_path):

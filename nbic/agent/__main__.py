@@ -36,6 +36,7 @@ from nbic.agent.protocol import (
     ROOTFS,
     SCRIPT,
     SESSION_DIR,
+    EntryOrigin,
     Lookup,
     Replay,
     Request,
@@ -112,6 +113,7 @@ def session_task(request: Request, clock: _Clock) -> Result:
     session = request.session
     if session.script:
         mounts.script_dir(ROOTFS, {SCRIPT: f"{INPUT_DIR}/{SCRIPT}"})
+    prepared = _written()  # what the agent itself wrote (mount points, resolv.conf)
     clock.lap("setup")
     env = chroot.session_environment("xterm" if session.interactive else "vt100")
     trace, tree = trace_session(ROOTFS, _session_argv(request), env, session.tracer,
@@ -170,7 +172,7 @@ def session_task(request: Request, clock: _Clock) -> Result:
         fixed.extend("/" + name for name in new)
         _write_image(image, tree, selection.epoch)
         clock.lap("image")
-    _write_report(request, image, trace, replays, fixed)
+    _write_report(request, image, tree, trace, replays, fixed, prepared)
     return Result(ok=True, session_status=trace.status, tracer=trace.tracer,
                   traced=len(trace.uses), entries=len(image.entries), replays=tuple(replays),
                   fixed=tuple(fixed))
@@ -190,7 +192,7 @@ def _session_tree() -> DirTree:
     changes laid over it (a volume imported before indexes existed is walked)."""
     index = f"{CACHE}/{INDEX_FILE}"
     if os.path.exists(index):
-        return merged_tree(ROOTFS, index, f"{SESSION_DIR}/upper")
+        return merged_tree(ROOTFS, index, mounts.upper_dir(SESSION_DIR))
     return DirTree(ROOTFS)
 
 
@@ -228,12 +230,14 @@ def _lookups(failed: dict[str, tuple[str, str]], tree: Tree | None) -> tuple[Loo
         for path, (_call, program) in sorted(failed.items()))
 
 
-def _write_report(request: Request, image: ImagePlan, trace: Trace, replays: list[Replay],
-                  fixed: list[str]) -> None:
-    """Every entry of the image with the reason it went in (`--report`)."""
+def _write_report(request: Request, image: ImagePlan, tree: Tree, trace: Trace,
+                  replays: list[Replay], fixed: list[str], prepared: set[str]) -> None:
+    """Every entry of the image with the reason it went in (`--report`) and its
+    origin (`_origin`)."""
     entries = [{"path": entry.path, "type": _TYPE_NAMES[entry.type],
                 "size": entry.size if entry.type is FileType.FILE else 0,
-                "reason": image.reasons.get(name, "")}
+                "reason": image.reasons.get(name, ""),
+                "origin": _origin(name, entry, tree, prepared)}
                for name, entry in sorted(image.entries.items(), key=lambda item: item[0])]
     report = {
         "entries": entries,
@@ -248,6 +252,28 @@ def _write_report(request: Request, image: ImagePlan, trace: Trace, replays: lis
     with open(f"{OUTPUT_DIR}/{REPORT_FILE}", "w", encoding="utf-8",
               errors="surrogateescape") as out:
         json.dump(report, out, indent=1)
+
+
+def _written() -> set[str]:
+    """The names in the overlay's upper layer: what was written to the rootfs."""
+    upper = mounts.upper_dir(SESSION_DIR)
+    names = set()
+    for directory, subdirectories, files in os.walk(upper):
+        for name in (*subdirectories, *files):
+            names.add(os.path.relpath(os.path.join(directory, name), upper))
+    return names
+
+
+def _origin(name: str, entry: Entry, tree: Tree, prepared: set[str]) -> str:
+    """An entry the session wrote is in the overlay's upper layer, unless the agent
+    put it there before the session (`prepared`); a directory counts only if the
+    rootfs lacks it (writing below one copies it up)."""
+    if tree.get(name) != entry:
+        return EntryOrigin.NBIC.value
+    written = name not in prepared and os.path.lexists(
+        f"{mounts.upper_dir(SESSION_DIR)}/{name}") and not (
+        entry.type is FileType.DIR and os.path.lexists(f"{CACHE_ROOTFS}/{name}"))
+    return (EntryOrigin.SESSION if written else EntryOrigin.ROOTFS).value
 
 
 _TYPE_NAMES = {FileType.FILE: "file", FileType.DIR: "dir", FileType.SYMLINK: "symlink",

@@ -78,23 +78,28 @@ def run(argv: list[str], env: dict[str, str], *, chroot_dir: str | None,
 
 def _child(argv: list[str], env: dict[str, str], chroot_dir: str | None,
            output: int | None) -> None:
+    step = "start a session"
     try:
         os.setsid()
         if output is not None:
+            step = "redirect its output"
             os.dup2(output, 1)
             os.dup2(output, 2)
             null = os.open("/dev/null", os.O_RDONLY)
             os.dup2(null, 0)
         elif os.isatty(0):
+            step = "take the terminal"
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
         if chroot_dir:
+            step = f"chroot into {chroot_dir}"
             os.chroot(chroot_dir)
             os.chdir("/")
+        step = f"run {argv[0]}"
         os.execvpe(argv[0], argv, env)
     except OSError as exc:
-        print(f"nbic: cannot start the session {argv[0]}: {exc.strerror}", file=sys.stderr)
+        print(f"nbic: the session cannot {step}: {exc.strerror}", file=sys.stderr)
     os._exit(127)
 
 

@@ -34,7 +34,12 @@ def overlay(lower: str, target: str, scratch: str) -> None:
         os.mkdir(f"{scratch}/{name}")
     os.makedirs(target, exist_ok=True)
     mount("overlay", target, "overlay", 0,
-          f"lowerdir={lower},upperdir={scratch}/upper,workdir={scratch}/work")
+          f"lowerdir={lower},upperdir={upper_dir(scratch)},workdir={scratch}/work")
+
+
+def upper_dir(scratch: str) -> str:
+    """Where an overlay made by `overlay` keeps what was written to it."""
+    return f"{scratch}/upper"
 
 
 def tmpfs(target: str) -> None:

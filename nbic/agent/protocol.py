@@ -50,6 +50,14 @@ class Tracer(enum.Enum):
     NONE = "none"  # nothing traced: only the selection's lists
 
 
+class EntryOrigin(enum.Enum):
+    """Where an image entry came from, as --report says and a lock records."""
+
+    ROOTFS = "rootfs"  # the rootfs's own entry: listing its path brings it back
+    SESSION = "session"  # written by the session (in the overlay's upper layer)
+    NBIC = "nbic"  # made by nbic: /init, device nodes, mount points, spec list entries
+
+
 @dataclass(frozen=True)
 class Session:
     command: tuple[str, ...] = ()  # empty: the script, the rootfs's /chroot, else /bin/sh
