@@ -211,10 +211,11 @@ class _BlockWriter:
         while self._in_flight:
             self._emit_oldest()
         self._out.write(self._codec.trailer())
-        self.abandon()
+        self.stop()
 
-    def abandon(self) -> None:
-        """Stop the workers; what is still queued is dropped."""
+    def stop(self) -> None:
+        """Stop the workers; blocks not written yet are dropped (after close(),
+        there are none)."""
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
 
@@ -239,8 +240,8 @@ class _Gzip:
                            GZIP_OS_UNIX)
 
     def compress(self, block: bytes, history: bytes) -> Pieces:
-        codec = zlib.compressobj(self._level, zlib.DEFLATED, -zlib.MAX_WBITS, 9,
-                                 **({"zdict": history} if history else {}))
+        settings = (self._level, zlib.DEFLATED, -zlib.MAX_WBITS, 9, zlib.Z_DEFAULT_STRATEGY)
+        codec = zlib.compressobj(*settings, history) if history else zlib.compressobj(*settings)
         return codec.compress(block), codec.flush(zlib.Z_SYNC_FLUSH)
 
     def record(self, block: bytes, packed: Pieces) -> None:
@@ -389,7 +390,7 @@ def compressed_writer(out: BinaryIO, spec: CompressionSpec, workers: int | None 
         yield writer
     except BaseException:
         if isinstance(writer, _BlockWriter):
-            writer.abandon()
+            writer.stop()
         raise
     writer.close()
 
