@@ -30,18 +30,11 @@ def _pad(offset: int, align: int = 4) -> int:
     return -offset % align
 
 
-def encode_header(entry: Entry, *, namesize: int, size: int | None = None, check: int = 0,
-                  magic: bytes = MAGIC_NEWC) -> bytes:
-    """The 110-byte header; `size` overrides entry.size (a symlink's is its target's)."""
-    return _header(entry, magic, entry.ino, entry.nlink, entry.mtime,
-                   entry.size if size is None else size, entry.devmajor, entry.devminor,
-                   namesize, check)
-
-
-def _header(entry: Entry, magic: bytes, ino: int, nlink: int, mtime: int, size: int,
-            devmajor: int, devminor: int, namesize: int, check: int) -> bytes:
+def _header(entry: Entry, ino: int, nlink: int, mtime: int, size: int, devmajor: int,
+            devminor: int, namesize: int) -> bytes:
+    """The 110-byte newc header: `entry`'s other fields, these as given, no checksum."""
     values = (ino, entry.mode, entry.uid, entry.gid, nlink, mtime, size, devmajor, devminor,
-              entry.rdevmajor, entry.rdevminor, namesize, check)
+              entry.rdevmajor, entry.rdevminor, namesize, 0)
     try:
         packed = _FIELDS.pack(*values)
     except struct.error:  # a field outside 0..MAX_FIELD: say which
@@ -51,7 +44,7 @@ def _header(entry: Entry, magic: bytes, ino: int, nlink: int, mtime: int, size: 
                 raise FieldOverflowError(f"{entry.path}: {what}; the newc format holds 32 bits"
                                          ) from None
         raise
-    return magic + packed.hex().upper().encode("ascii")
+    return MAGIC_NEWC + packed.hex().upper().encode("ascii")
 
 
 _FIELD_NAMES = ("inode", "mode", "uid", "gid", "nlink", "mtime", "size", "devmajor",
@@ -110,9 +103,9 @@ class NewcWriter:
             ino, devmajor, devminor = entry.ino, entry.devmajor, entry.devminor
         else:
             devmajor = devminor = 0
-        header = _header(entry, MAGIC_NEWC, ino, entry.nlink if nlink is None else nlink,
+        header = _header(entry, ino, entry.nlink if nlink is None else nlink,
                          entry.mtime if mtime is None else mtime, size, devmajor, devminor,
-                         len(name) + 1, 0)
+                         len(name) + 1)
         head = header + name + b"\0"
         self._write(head + _PADDING[(self._offset + len(head)) % 4] + body)
         if size and not body:
