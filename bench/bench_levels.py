@@ -55,13 +55,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-n", type=int, default=1, help="runs per measurement (median)")
     parser.add_argument("--only", action="append", help="only this setting (repeatable)")
+    parser.add_argument("--image", action="append", choices=list(IMAGES),
+                        help="only this image (repeatable)")
     args = parser.parse_args()
     for tool in TOOLS:
         need(tool)
     settings = args.only or SETTINGS
     print(f"Measured by `bench/bench_levels.py -n {args.n}` on {os.cpu_count()} cores; "
           "times are wall (CPU = user + system, all threads).\n")
-    for label, include in IMAGES.items():
+    for label in args.image or IMAGES:
+        include = IMAGES[label]
         plain = workdir("levels.cpio")
         run(pack_command(include, "none", plain))
         print(f"### {label}: {os.path.getsize(plain):,} bytes uncompressed\n")

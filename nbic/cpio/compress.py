@@ -41,8 +41,8 @@ WRITABLE = (Compression.NONE, Compression.ZSTD, Compression.GZIP, Compression.XZ
 # Level ranges and defaults. zstd stops at 19: above it the window outgrows
 # what the kernel's decompressor may allocate. The defaults are where more
 # time stops buying much size (docs/compression.md has the measurements):
-# zstd 9 is 7-8% smaller than 3 for 2-4 times the CPU, 19 another 7-12% for
-# 20-40 times more; gzip 9 saves 0.3-0.5% over 6 for about 3 times the CPU.
+# zstd 9 is 6-8% smaller than 3 for 2-3 times the CPU, 19 another 7-12% for
+# 15-22 times more; gzip 9 saves 0.3-0.5% over 6 for 2.5-3 times the CPU.
 LEVELS = {
     Compression.ZSTD: (1, 19, 9),
     Compression.GZIP: (1, 9, 6),
