@@ -373,7 +373,7 @@ def compressed_writer(out: BinaryIO, spec: CompressionSpec, workers: int | None 
     """A writable stream that compresses into `out` as one segment; finished on
     exit. zstd, gzip and xz use `workers` threads (default: one per core); the
     bytes written do not depend on how many."""
-    level = spec.effective_level
+    level = spec.effective_level or 0  # every writable method but NONE has a level
     workers = max(1, workers or os.cpu_count() or 1)
     match spec.method:
         case Compression.NONE:
