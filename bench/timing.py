@@ -1,8 +1,9 @@
-"""The one timing helper the benchmarks share: wall time, best of N."""
+"""The one timing helper the benchmarks share: wall time, best or median of N."""
 
 from __future__ import annotations
 
 import shlex
+import statistics
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -25,8 +26,13 @@ class Sample:
     def best(self) -> float:
         return min(self.runs)
 
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
     def __str__(self) -> str:
-        return f"{self.best:.3f} s (runs: {', '.join(f'{r:.3f}' for r in self.runs)})"
+        runs = ", ".join(f"{r:.3f}" for r in self.runs)
+        return f"best {self.best:.3f} s, median {self.median:.3f} s (runs: {runs})"
 
 
 def show(cmd: str | Sequence[str]) -> str:
@@ -70,3 +76,20 @@ def time_cmd(cmd: str | Sequence[str], n: int = REPEAT, *, cwd: str | None = Non
         run(cmd, cwd=cwd)
 
     return best_of(action, n)
+
+
+def time_alternating(cmds: dict[str, str | Sequence[str]], n: int = REPEAT, *,
+                     warmup: bool = True) -> dict[str, Sample]:
+    """Wall times of several commands run in turn, n rounds (after one untimed
+    warm-up round): a machine whose load changes during the benchmark slows
+    them alike, so their ratio holds better than with all runs of one first."""
+    if warmup:
+        for cmd in cmds.values():
+            run(cmd)
+    samples = {name: Sample() for name in cmds}
+    for _ in range(n):
+        for name, cmd in cmds.items():
+            start = time.perf_counter()
+            run(cmd)
+            samples[name].runs.append(time.perf_counter() - start)
+    return samples

@@ -141,7 +141,7 @@ def _explain(exc: BaseException) -> str:
                 "rootless Docker or Podman (DOCKER_HOST=unix://$XDG_RUNTIME_DIR/docker.sock "
                 "or .../podman/podman.sock)")
     if cause is not None:
-        return f"{exc.__class__.__name__}: {os.strerror(cause.errno)} ({engine_address()})"
+        return f"{exc.__class__.__name__}: {cause.strerror or cause} ({engine_address()})"
     return str(exc) or exc.__class__.__name__
 
 
@@ -329,7 +329,8 @@ class Owner:
     @classmethod
     def from_labels(cls, labels: dict[str, str]) -> Owner | None:
         try:
-            values = {item.name: labels[f"{LABEL}.{item.name}"] for item in fields(cls)}
+            values: dict[str, Any] = {item.name: labels[f"{LABEL}.{item.name}"]
+                                      for item in fields(cls)}
             return cls(**{**values, "pid": int(values["pid"]), "uid": int(values["uid"])})
         except (KeyError, ValueError):
             return None  # not made by a run that labels its owner

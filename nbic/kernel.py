@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from nbic import engine
 from nbic.cache import user_cache
@@ -331,7 +331,9 @@ def _unpack(stream: BinaryIO, work: Path) -> _Unpacked:
                 with _tar(member) as archive:
                     for info in archive:
                         if info.isreg() and split_path(info.name) == ["control"]:
-                            text = archive.extractfile(info).read().decode("utf-8", "replace")
+                            data = archive.extractfile(info)
+                            assert data is not None  # a regular member
+                            text = data.read().decode("utf-8", "replace")
                             unpacked.control = next(paragraphs(text.splitlines()), {})
             elif name.startswith("data.tar"):
                 with _tar(member) as archive:
@@ -354,7 +356,8 @@ def _unpack(stream: BinaryIO, work: Path) -> _Unpacked:
     return unpacked
 
 
-def _copy(source: BinaryIO, target: Path) -> None:
+def _copy(source: IO[bytes] | None, target: Path) -> None:
+    assert source is not None  # a regular member always has data
     with open(target, "wb") as out:
         shutil.copyfileobj(source, out, CHUNK)
 

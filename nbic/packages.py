@@ -115,7 +115,7 @@ def read_database(tree: Tree) -> Database:
     diversions = tree.resolve(f"{dpkg}/diversions").target
     lists = [name for name in tree.entries
              if name.startswith(f"{info}/") and name.endswith(".list")]
-    tree.prefetch([status, *lists, *([diversions] if diversions in tree else [])])
+    tree.prefetch([status, *lists, *([diversions] if diversions and diversions in tree else [])])
     packages = {}
     for package in parse_status(_text(tree, status)):
         found = next((f"{info}/{list_name}.list" for list_name in package.list_names()
@@ -123,7 +123,7 @@ def read_database(tree: Tree) -> Database:
         if found:
             packages[package] = found
     return Database(packages, parse_diversions(_text(tree, diversions))
-                    if diversions in tree else {})
+                    if diversions and diversions in tree else {})
 
 
 def owners(tree: Tree, database: Database, names: set[str]) -> dict[str, Package]:

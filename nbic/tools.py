@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from nbic.cpio.entry import (
     TYPE_NAMES,
@@ -40,7 +40,10 @@ from nbic.cpio.entry import (
 from nbic.cpio.image import ImageReader, open_image
 from nbic.cpio.spec import format_spec, root_location
 from nbic.errors import FormatError, NbicError, UnsafePathError, UsageError
-from nbic.usage import human_size, size_report
+from nbic.usage import SizeReport, human_size, size_report
+
+if TYPE_CHECKING:
+    from nbic.packages import PackageReport
 
 log = logging.getLogger("nbic")
 
@@ -643,7 +646,7 @@ def run_du(args: argparse.Namespace) -> int:
         # Imported here: the rootfs readers cost the other tools' start-up time.
         from nbic.packages import package_report
 
-        report = package_report(args.image, args.by_package)
+        report: PackageReport | SizeReport = package_report(args.image, args.by_package)
     else:
         report = size_report(args.image, depth=args.depth, top=args.top, top_directories=None)
     if args.json:

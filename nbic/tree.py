@@ -16,6 +16,7 @@ import stat
 import sys
 import tarfile
 import tempfile
+import weakref
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -130,7 +131,12 @@ class EmptyTree(Tree):
 
 class DirTree(Tree):
     """A rootfs directory on the host, walked for its index unless one is given
-    (the agent keeps one of each cached rootfs; see nbic.agent.rootfs_index)."""
+    (the agent keeps one of each cached rootfs; see nbic.agent.rootfs_index).
+
+    Files are opened component by component with O_NOFOLLOW, from the
+    directories of the last file opened: an image is written in path order,
+    so most opens reuse those directories and cost one system call.
+    """
 
     def __init__(self, root: str | Path, entries: dict[str, Entry] | None = None):
         self.root = Path(root).resolve()
@@ -138,25 +144,46 @@ class DirTree(Tree):
             raise RootfsError(f"rootfs {root} is not a directory")
         super().__init__(_walk(self.root) if entries is None else entries,
                          f"directory {self.root}")
+        # (name, fd) of the root and of each directory down to the last file's parent
+        self._dirs: list[tuple[str, int]] = []
+        self._finalizer = weakref.finalize(self, _close_all, self._dirs)
 
     def open(self, name: str) -> BinaryIO:
-        parts = name.split("/")
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-        dir_fd = os.open(self.root, flags | os.O_DIRECTORY)
+        *parents, base = name.split("/")
         try:
-            for part in parts[:-1]:
-                next_fd = os.open(part, flags | os.O_DIRECTORY, dir_fd=dir_fd)
-                os.close(dir_fd)
-                dir_fd = next_fd
-            fd = os.open(parts[-1], flags, dir_fd=dir_fd)
+            fd = os.open(base, _OPEN_FLAGS, dir_fd=self._directory(parents))
         except OSError as exc:
             raise RootfsError(f"cannot read /{name} in {self.root}: {exc.strerror}") from None
-        finally:
-            os.close(dir_fd)
-        return os.fdopen(fd, "rb")
+        return os.fdopen(fd, "rb", buffering=0)
+
+    def _directory(self, parts: list[str]) -> int:
+        """An fd of the directory `parts` below the root, reached without
+        following a symlink; the fds of its path stay open for the next call."""
+        dirs = self._dirs
+        if not dirs:
+            dirs.append(("", os.open(self.root, _OPEN_FLAGS | os.O_DIRECTORY)))
+        kept = 1
+        while kept < len(dirs) and kept <= len(parts) and dirs[kept][0] == parts[kept - 1]:
+            kept += 1
+        _close_all(dirs, keep=kept)
+        for part in parts[kept - 1 :]:
+            dirs.append((part, os.open(part, _OPEN_FLAGS | os.O_DIRECTORY,
+                                       dir_fd=dirs[-1][1])))
+        return dirs[-1][1]
 
     def location(self, name: str) -> str:
         return escape_location(f"{self.root}/{name}")
+
+    def close(self) -> None:
+        _close_all(self._dirs)
+
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _close_all(dirs: list[tuple[str, int]], keep: int = 0) -> None:
+    while len(dirs) > keep:
+        os.close(dirs.pop()[1])
 
 
 def _walk(root: Path) -> dict[str, Entry]:

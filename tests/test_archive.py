@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from nbic.cpio.archive import Member, order, write_archive
-from nbic.cpio.entry import Entry, FileType
+from nbic.cpio.entry import Entry, FileType, sort_key
 from nbic.cpio.image import ImageReader
 from nbic.errors import FieldOverflowError, FormatError, NbicError
 
@@ -108,3 +108,12 @@ def test_non_utf8_names_round_trip():
     name = b"caf\xe9".decode("utf-8", "surrogateescape")
     reader = ImageReader(io.BytesIO(archive_bytes([Member(Entry(name, FileType.DIR))])))
     assert [entry.name for entry in reader] == [name]
+
+
+def test_sort_key_orders_component_by_component():
+    names = [".", "a", "a/b", "a/b/c", "a-b", "a-b/a", "a.b", "a0", "ab", "b", "a/b-",
+             "a/b/d", b"\xff".decode("utf-8", "surrogateescape"), "\u00e9", "a/\u00e9"]
+    by_parts = sorted(names, key=lambda name: [] if name == "." else [
+        part.encode("utf-8", "surrogateescape") for part in name.split("/")])
+    assert sorted(names, key=sort_key) == by_parts
+    assert by_parts.index("a/b/c") < by_parts.index("a-b")  # a parent's whole tree first

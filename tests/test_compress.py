@@ -3,7 +3,10 @@
 import io
 import lzma
 import shutil
+import struct
 import subprocess
+import threading
+import zlib
 
 import pytest
 import zstandard
@@ -24,6 +27,12 @@ def image(spec: CompressionSpec) -> bytes:
     with compressed_writer(out, spec) as stream:
         write_archive(stream, [Member(Entry("big", FileType.FILE, size=len(PAYLOAD)),
                                       lambda: io.BytesIO(PAYLOAD))])
+    return out.getvalue()
+
+
+def cpio_bytes(members: list[Member]) -> bytes:
+    out = io.BytesIO()
+    write_archive(out, members)
     return out.getvalue()
 
 
@@ -70,11 +79,75 @@ def test_lz4_is_the_legacy_format():
     assert blob[:4] == bytes.fromhex("02214c18")
 
 
-def test_zstd_output_does_not_depend_on_the_number_of_cores(monkeypatch):
-    monkeypatch.setattr(compress.os, "cpu_count", lambda: 1)
-    one = image(CompressionSpec(Compression.ZSTD, 3))
-    monkeypatch.setattr(compress.os, "cpu_count", lambda: 8)
-    assert image(CompressionSpec(Compression.ZSTD, 3)) == one
+# An archive over several blocks of every block-parallel method (xz's are the
+# largest), with a short last block.
+BIG = (PAYLOAD * (2 * compress.XZ_BLOCK // len(PAYLOAD) + 1))[: 2 * compress.XZ_BLOCK]
+MULTI_BLOCK = cpio_bytes([Member(Entry("big", FileType.FILE, size=len(BIG)),
+                                 lambda: io.BytesIO(BIG))])
+
+
+def compressed(method: Compression, data: bytes, workers: int) -> bytes:
+    out = io.BytesIO()
+    with compressed_writer(out, fast(method), workers=workers) as stream:
+        for start in range(0, len(data), 300_007):  # writes that straddle blocks
+            stream.write(data[start : start + 300_007])
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("method", list(TOOLS))
+def test_output_does_not_depend_on_the_number_of_workers(method, tmp_path):
+    one = compressed(method, MULTI_BLOCK, workers=1)
+    assert compressed(method, MULTI_BLOCK, workers=3) == one
+    # The real tool checks the stream's integrity and gets every byte back.
+    tool = require(TOOLS[method][0])
+    path = tmp_path / "blob"
+    path.write_bytes(one)
+    subprocess.run([tool, "-t", "-q", str(path)], check=True)
+    assert subprocess.run([tool, "-dc", str(path)], capture_output=True, check=True
+                          ).stdout == MULTI_BLOCK
+    reader = ImageReader(io.BytesIO(one))
+    assert [(entry.name, reader.read() == BIG) for entry in reader] == [("big", True)]
+
+
+def test_gzip_blocks_make_one_member_with_one_deflate_stream():
+    blob = compressed(Compression.GZIP, MULTI_BLOCK, workers=2)
+    assert blob[3] == 0 and blob[4:8] == bytes(4)  # no name, mtime 0
+    inflate = zlib.decompressobj(wbits=-zlib.MAX_WBITS)
+    assert inflate.decompress(blob[10:]) == MULTI_BLOCK
+    assert inflate.eof and len(inflate.unused_data) == 8  # CRC32 and ISIZE follow
+    assert blob[-8:] == struct.pack("<II", zlib.crc32(MULTI_BLOCK), len(MULTI_BLOCK))
+
+
+def test_xz_blocks_are_listed_by_xz_with_crc32(tmp_path):
+    path = tmp_path / "blob.xz"
+    path.write_bytes(compressed(Compression.XZ, MULTI_BLOCK, workers=2))
+    listing = subprocess.run([require("xz"), "--robot", "--list", "-vv", str(path)],
+                             capture_output=True, text=True, check=True).stdout
+    # block, stream, its number in the stream and in the file, compressed and
+    # uncompressed offset and size, ratio, check type and value, header size,
+    # which sizes the header gives (c, u), ...
+    blocks = [line.split("\t") for line in listing.splitlines() if line.startswith("block\t")]
+    assert [int(block[7]) for block in blocks] == [
+        compress.XZ_BLOCK, compress.XZ_BLOCK, len(MULTI_BLOCK) - 2 * compress.XZ_BLOCK]
+    assert {(block[9], block[12]) for block in blocks} == {("CRC32", "cu")}
+
+
+@pytest.mark.parametrize("method", [Compression.GZIP, Compression.XZ, Compression.LZ4])
+def test_an_empty_stream_is_still_valid(method, tmp_path):
+    tool = require(TOOLS[method][0])
+    path = tmp_path / "blob"
+    path.write_bytes(compressed(method, b"", workers=2))
+    assert subprocess.run([tool, "-dc", str(path)], capture_output=True, check=True
+                          ).stdout == b""
+
+
+def test_a_failure_while_writing_stops_the_workers():
+    before = threading.active_count()
+    with pytest.raises(RuntimeError), compressed_writer(io.BytesIO(), fast(Compression.GZIP),
+                                                        workers=4) as stream:
+        stream.write(MULTI_BLOCK)
+        raise RuntimeError("the archive failed")
+    assert threading.active_count() == before
 
 
 @pytest.mark.parametrize("method", [*TOOLS, Compression.NONE])

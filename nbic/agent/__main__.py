@@ -308,7 +308,7 @@ def import_image_task() -> Result:
     target = f"{IMPORT_DIR}/rootfs"
     os.makedirs(target, exist_ok=True)
     image = f"{INPUT_DIR}/{IMAGE_INPUT}"
-    count = extract(image, target)
+    count = extract(image, target).entries
     devices = [serial.to_data(entry) for entry in read_entries(image) if entry.is_device]
     with open(f"{IMPORT_DIR}/{DEVICES_FILE}", "w", encoding="utf-8") as out:
         json.dump(devices, out)

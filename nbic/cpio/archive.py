@@ -102,7 +102,6 @@ class _Assembler:
         self._epoch = epoch
         self._next_ino = 1
         self._groups: dict[object, _Group] = {}
-        self._last_key: tuple[bytes, ...] | None = None
         self.entries = 0
         self.data_bytes = 0
 
@@ -112,22 +111,10 @@ class _Assembler:
 
     def add(self, member: Member) -> None:
         entry = member.entry
-        key = sort_key(entry.name)
-        if self._last_key is not None and key <= self._last_key:
-            raise NbicError(f"{entry.path}: entries out of order (a parent must come before "
-                            "its children, each name once)")
-        self._last_key = key
         if entry.type is FileType.FILE and entry.nlink > 1 and entry.link_key is not None:
             self._add_hardlink(entry, member.source)
         else:
-            entry = replace(entry, nlink=_nlink(entry.type)) if entry.link_key else entry
-            self._write(self._final(entry, self._ino(), entry.size), member.source)
-
-    def _final(self, entry: Entry, ino: int, size: int) -> Entry:
-        # One replace per entry: it is the writer's costliest Python call.
-        nlink = entry.nlink if entry.link_key is not None else _nlink(entry.type)
-        return replace(entry, ino=ino, size=size, nlink=nlink,
-                       mtime=_clamp_mtime(entry, self._epoch), devmajor=0, devminor=0)
+            self._write(entry, member.source, self._ino(), _nlink(entry.type), entry.size)
 
     def _add_hardlink(self, entry: Entry, source: DataSource | None) -> None:
         group = self._groups.get(entry.link_key)
@@ -138,20 +125,24 @@ class _Assembler:
         if source is not None and group.source is None:
             group.source = source
         if group.remaining:
-            self._write(self._final(entry, group.ino, 0), None)
+            self._write(entry, None, group.ino, entry.nlink, 0)
             return
         del self._groups[entry.link_key]
-        self._write(self._final(entry, group.ino, group.size), group.source)
+        self._write(entry, group.source, group.ino, entry.nlink, group.size)
 
-    def _write(self, entry: Entry, source: DataSource | None) -> None:
-        if entry.type is FileType.FILE and entry.size:
+    def _write(self, entry: Entry, source: DataSource | None, ino: int, nlink: int,
+               size: int) -> None:
+        """Write the entry renumbered: the writer takes the new fields as they
+        are, without a copy of the entry (the costliest Python call here)."""
+        mtime = _clamp_mtime(entry, self._epoch)
+        if entry.type is FileType.FILE and size:
             if source is None:
-                raise NbicError(f"{entry.path}: no data for a {entry.size}-byte file")
+                raise NbicError(f"{entry.path}: no data for a {size}-byte file")
             with source() as data:
-                self._writer.add(entry, data)
-            self.data_bytes += entry.size
+                self._writer.add(entry, data, ino=ino, nlink=nlink, mtime=mtime, size=size)
+            self.data_bytes += size
         else:
-            self._writer.add(entry)
+            self._writer.add(entry, ino=ino, nlink=nlink, mtime=mtime, size=size)
         self.entries += 1
 
     def close(self) -> None:

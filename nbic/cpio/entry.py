@@ -106,11 +106,16 @@ def ancestors(name: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(1, len(parts))] if name != "." else []
 
 
-def sort_key(name: str) -> tuple[bytes, ...]:
-    """Order in which parents come before their children, siblings sorted bytewise."""
+def sort_key(name: str) -> bytes:
+    """Order in which parents come before their children, siblings sorted bytewise.
+
+    The name's bytes with each "/" made NUL: no name holds a NUL and it sorts
+    before every other byte, so this orders like comparing the names
+    component by component, in one C-level comparison.
+    """
     if name == ".":
-        return ()
-    return tuple(part.encode("utf-8", "surrogateescape") for part in name.split("/"))
+        return b""
+    return name.encode("utf-8", "surrogateescape").replace(b"/", b"\0")
 
 
 def encode_name(name: str) -> bytes:

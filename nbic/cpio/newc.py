@@ -30,73 +30,115 @@ def _pad(offset: int, align: int = 4) -> int:
     return -offset % align
 
 
-def encode_header(entry: Entry, *, namesize: int, size: int | None = None, check: int = 0,
-                  magic: bytes = MAGIC_NEWC) -> bytes:
-    """The 110-byte header; `size` overrides entry.size (a symlink's is its target's)."""
-    values = (entry.ino, entry.mode, entry.uid, entry.gid, entry.nlink, entry.mtime,
-              entry.size if size is None else size, entry.devmajor, entry.devminor,
-              entry.rdevmajor, entry.rdevminor, namesize, check)
-    for label, value in zip(_FIELD_NAMES, values, strict=True):
-        if not 0 <= value <= MAX_FIELD:
-            what = "file over 4 GiB" if label == "size" else f"{label} {value} out of range"
-            raise FieldOverflowError(f"{entry.path}: {what}; the newc format holds 32 bits")
-    return magic + _FIELDS.pack(*values).hex().upper().encode("ascii")
+def _header(entry: Entry, ino: int, nlink: int, mtime: int, size: int, devmajor: int,
+            devminor: int, namesize: int) -> bytes:
+    """The 110-byte newc header: `entry`'s other fields, these as given, no checksum."""
+    values = (ino, entry.mode, entry.uid, entry.gid, nlink, mtime, size, devmajor, devminor,
+              entry.rdevmajor, entry.rdevminor, namesize, 0)
+    try:
+        packed = _FIELDS.pack(*values)
+    except struct.error:  # a field outside 0..MAX_FIELD: say which
+        for label, value in zip(_FIELD_NAMES, values, strict=True):
+            if not 0 <= value <= MAX_FIELD:
+                what = "file over 4 GiB" if label == "size" else f"{label} {value} out of range"
+                raise FieldOverflowError(f"{entry.path}: {what}; the newc format holds 32 bits"
+                                         ) from None
+        raise
+    return MAGIC_NEWC + packed.hex().upper().encode("ascii")
 
 
 _FIELD_NAMES = ("inode", "mode", "uid", "gid", "nlink", "mtime", "size", "devmajor",
                 "devminor", "rdevmajor", "rdevminor", "namesize", "check")
+_PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")  # by offset % 4
+WRITE_BUFFER = 1 << 20
 
 
 class NewcWriter:
-    """Writes entries exactly as given; ordering and inode numbers are the
-    caller's (see archive.write_archive). `close()` writes the trailer."""
+    """Writes entries in the order given; ordering and inode numbers are the
+    caller's (see archive.write_archive). Small pieces are gathered into one
+    buffer so the stream below (usually a compressor) sees few large writes.
+    `close()` writes the trailer and flushes."""
 
     def __init__(self, out: BinaryIO):
         self._out = out
-        self._offset = 0
+        self._buf = bytearray()
+        self._offset = 0  # bytes written so far, buffered or not
 
     def _write(self, data: bytes) -> None:
-        self._out.write(data)
         self._offset += len(data)
+        if len(data) >= WRITE_BUFFER:
+            self._flush()
+            self._out.write(data)
+            return
+        self._buf += data
+        if len(self._buf) >= WRITE_BUFFER:
+            self._flush()
 
-    def add(self, entry: Entry, data: BinaryIO | None = None) -> None:
+    def _flush(self) -> None:
+        if self._buf:
+            self._out.write(self._buf)
+            self._buf = bytearray()
+
+    def add(self, entry: Entry, data: BinaryIO | None = None, *, ino: int | None = None,
+            nlink: int | None = None, mtime: int | None = None, size: int | None = None
+            ) -> None:
+        """Write `entry`, as given or with the fields an archive renumbers
+        replaced (without copying the entry). A new `ino` also clears the
+        device fields: they meant something only with the source's inodes."""
         name = encode_name(entry.name)
         if len(name) >= PATH_MAX:
             raise FieldOverflowError(f"{entry.path}: name longer than the kernel's PATH_MAX")
         if b"\0" in name:
             raise FieldOverflowError(f"{entry.path!r}: NUL byte in name")
         body = b""
-        size = entry.size if entry.type is FileType.FILE else 0
-        if entry.type is FileType.SYMLINK:
+        file_type = entry.type
+        if file_type is FileType.FILE:
+            size = entry.size if size is None else size
+        elif file_type is FileType.SYMLINK:
             body = encode_name(entry.linkname)
             size = len(body)
-        header = encode_header(entry, namesize=len(name) + 1, size=size)
+        else:
+            size = 0
+        if ino is None:
+            ino, devmajor, devminor = entry.ino, entry.devmajor, entry.devminor
+        else:
+            devmajor = devminor = 0
+        header = _header(entry, ino, entry.nlink if nlink is None else nlink,
+                         entry.mtime if mtime is None else mtime, size, devmajor, devminor,
+                         len(name) + 1)
         head = header + name + b"\0"
-        self._write(head + b"\0" * _pad(self._offset + len(head)))
-        if body:
-            self._write(body)
-        elif size:
+        self._write(head + _PADDING[(self._offset + len(head)) % 4] + body)
+        if size and not body:
             if data is None:
-                raise FormatError(f"{entry.path}: no data source for a {entry.size}-byte file")
-            self._copy(entry, data)
-        self._write(b"\0" * _pad(self._offset))
+                raise FormatError(f"{entry.path}: no data source for a {size}-byte file")
+            self._copy(entry, data, size)
+        if size:
+            self._write(_PADDING[self._offset % 4])
 
-    def _copy(self, entry: Entry, data: BinaryIO) -> None:
-        remaining = entry.size
-        while remaining:
-            chunk = data.read(min(remaining, CHUNK))
+    def _copy(self, entry: Entry, data: BinaryIO, size: int) -> None:
+        remaining = size
+        while True:
+            # One byte more than is left: a file that grew shows in the same
+            # read, and a short read of the last piece is its end of file.
+            wanted = min(remaining + 1, CHUNK)
+            chunk = data.read(wanted)
+            if len(chunk) > remaining:
+                raise FormatError(f"{entry.path}: file grew while being packed "
+                                  f"(past {size} bytes)")
             if not chunk:
-                raise FormatError(f"{entry.path}: file shrank while being packed "
-                                  f"({entry.size - remaining} of {entry.size} bytes)")
+                if remaining:
+                    raise FormatError(f"{entry.path}: file shrank while being packed "
+                                      f"({size - remaining} of {size} bytes)")
+                return
             self._write(chunk)
             remaining -= len(chunk)
-        if data.read(1):
-            raise FormatError(f"{entry.path}: file grew while being packed "
-                              f"(past {entry.size} bytes)")
+            if not remaining and len(chunk) < wanted:
+                return
 
     def close(self) -> None:
         self.add(Entry(TRAILER, FileType.FILE, perm=0, nlink=1))
         self._write(b"\0" * _pad(self._offset, BLOCK))
+        self._flush()
 
 
 class ArchiveReader:

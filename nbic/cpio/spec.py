@@ -35,7 +35,7 @@ import re
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from nbic.cpio.entry import TYPE_NAMES, Entry, FileType, normalize_name, split_path
 from nbic.errors import NbicError, SpecError
@@ -157,7 +157,7 @@ def _parse_line(line: str, number: int, env: Mapping[str, str]) -> SpecItem:
     return SpecItem(Entry(name, node_type, **_owner(mode, uid, gid)), line=number)
 
 
-def _owner(mode: str, uid: str, gid: str) -> dict[str, int]:
+def _owner(mode: str, uid: str, gid: str) -> dict[str, Any]:
     perm = _number(mode, 8, "mode")
     if perm > 0o7777:
         raise SpecError(f"mode {mode!r} has bits beyond 07777")

@@ -180,7 +180,8 @@ class _Server(ThreadingHTTPServer):
         # HTTPServer would look the address up in DNS (getfqdn), which can
         # stall for many seconds where no resolver answers.
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
 
 
 class HttpServer:
