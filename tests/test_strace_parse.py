@@ -51,3 +51,23 @@ def test_completion_adds_real_files_and_interpreters(tmp_path):
     assert f"/{LIBDIR}/ld-linux-x86-64.so.2" in paths  # and the file it is
     assert "/usr/bin/mawk" in paths  # the script's #! interpreter
 
+
+
+def test_the_main_programs_exit_is_read_from_the_log_as_it_grows(tmp_path):
+    from nbic.agent.strace import MainExit
+
+    log = tmp_path / "strace.log"
+    ended = MainExit(str(log))
+    assert ended() is None  # no log yet
+    log.write_text('11    execve("/usr/bin/sh", ["sh"], 0x7f /* 5 vars */) = 0\n'
+                   "11    clone(child_stack=NULL, flags=SIGCHLD) = 12\n12    +++ exit")
+    assert ended() is None
+    with open(log, "a") as more:
+        more.write("ed with 0 +++\n11    +++ exited with")  # a child's exit, then half a line
+    assert ended() is None
+    with open(log, "a") as more:
+        more.write(" 3 +++\n")
+    assert ended() == 3
+    killed = tmp_path / "killed.log"
+    killed.write_text('5 execve("/x", ["x"], 0x1) = 0\n5 +++ killed by SIGKILL +++\n')
+    assert MainExit(str(killed))() == 128 + 9

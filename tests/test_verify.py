@@ -194,3 +194,18 @@ def test_a_segment_without_init_boots_on_top_of_a_base_image(rootfs_dir, kernel,
     booted = boot(both, BootConfig(kernel=kernel, expect=("BASE-UP", "SEGMENT-SEEN"),
                                    timeout=180))
     assert booted.outcome is BootOutcome.PASSED, booted.tail()
+
+
+def test_a_daemon_left_running_does_not_hold_up_ptrace_sessions_or_replays(docker_engine,
+                                                                           rootfs_tar,
+                                                                           tmp_path):
+    import time
+
+    daemon = script(tmp_path / "daemon.sh", "sleep 1000 &\necho DAEMON-STARTED\n")
+    start = time.monotonic()
+    result = nbic("run", "--rootfs", rootfs_tar, "--tracer", "ptrace", "--script", daemon,
+                  "--verify", "-o", tmp_path / "daemon.cpio", timeout=600)
+    assert "DAEMON-STARTED" in result.stdout
+    assert "the check passed on the image alone" in result.stderr
+    assert time.monotonic() - start < 300  # the session's sleep would last 1000 s
+    assert "usr/bin/sleep" in entries(tmp_path / "daemon.cpio")

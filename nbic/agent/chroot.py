@@ -18,7 +18,9 @@ import signal
 import sys
 import termios
 import time
+from collections.abc import Callable
 
+ENDED_POLL = 0.02  # seconds between looks at whether a traced program has ended
 SESSION_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -45,10 +47,11 @@ def release_terminal() -> None:
 
 
 def run(argv: list[str], env: dict[str, str], *, chroot_dir: str | None,
-        output: int | None = None) -> int:
+        output: int | None = None, ended: Callable[[], int | None] | None = None) -> int:
     """Run argv (chrooted into chroot_dir if given) and return its exit status
     as a shell reports it (128 + signal number when killed). With `output`, its
-    stdout and stderr go to that fd."""
+    stdout and stderr go to that fd. With `ended`, polled while argv runs, the
+    run is over as soon as it gives a status: the caller kills what is left."""
     pid = os.fork()
     if pid == 0:
         _child(argv, env, chroot_dir, output)
@@ -63,12 +66,18 @@ def run(argv: list[str], env: dict[str, str], *, chroot_dir: str | None,
     try:
         while True:
             try:
-                _, status = os.waitpid(pid, 0)
-                break
+                done, status = os.waitpid(pid, 0 if ended is None else os.WNOHANG)
             except ChildProcessError:
                 return 255
             except InterruptedError:
                 continue
+            if done:
+                break
+            assert ended is not None
+            found = ended()
+            if found is not None:
+                return found
+            time.sleep(ENDED_POLL)
     finally:
         for signum, handler in forwarded.items():
             signal.signal(signum, handler)

@@ -33,7 +33,7 @@ def replay(root: str, command: list[str], devices: list[Entry], *, script: str |
     with open(OUTPUT_LOG, "wb") as output:
         status = chroot.run(strace.command(STRACE_LOG, argv, root),
                             chroot.session_environment("vt100"), chroot_dir=None,
-                            output=output.fileno())
+                            output=output.fileno(), ended=strace.MainExit(STRACE_LOG))
     chroot.kill_leftovers()
     mounts.unmount_below(root)
     with open(STRACE_LOG, encoding="utf-8", errors="surrogateescape") as log:

@@ -13,6 +13,7 @@ import codecs
 import os
 import posixpath
 import re
+import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -27,7 +28,8 @@ _SYSCALLS = "%file,fchdir,clone,clone3,fork,vfork"
 
 def command(log_path: str, session: list[str], chroot_dir: str) -> list[str]:
     """strace around `chroot DIR COMMAND...` (coreutils chroot from the builder image)."""
-    return [STRACE, "-f", "-qq", "-y", "-s", "4096", "-e", f"trace={_SYSCALLS}",
+    # -q, not -qq: the log keeps the processes' exits, which MainExit follows.
+    return [STRACE, "-f", "-q", "-y", "-s", "4096", "-e", f"trace={_SYSCALLS}",
             "-e", "signal=none", "-o", log_path, "--", "chroot", chroot_dir, *session]
 
 
@@ -36,6 +38,7 @@ _CALL = re.compile(r"^(\w+)\((.*)\)\s+=\s+(\S+)(.*)$")
 _RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>(.*)$")
 _STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _FD = re.compile(r"^(-?\d+|AT_FDCWD)<(.*?)>")  # -y decodes AT_FDCWD as the cwd
+_EXIT = re.compile(r"^\+\+\+ (?:exited with (\d+)|killed by SIG(\w+)) ")
 _UNFINISHED = " <unfinished ...>"
 _FORKS = {"clone", "clone3", "fork", "vfork"}
 
@@ -64,6 +67,40 @@ class StraceTrace:
 
 
 _NOT_FOUND = (" ENOENT ", " ENOTDIR ")
+
+
+class MainExit:
+    """Follows a strace log as strace writes it: the exit status of the program
+    strace started (the log's first process), once the log shows it. The session
+    then ends as in fanotify mode, even if it left a daemon running."""
+
+    def __init__(self, path: str):
+        self._path = path
+        self._offset = 0
+        self._partial = b""
+        self._main: str | None = None
+
+    def __call__(self) -> int | None:
+        try:
+            with open(self._path, "rb") as log:
+                log.seek(self._offset)
+                data = log.read()
+        except FileNotFoundError:
+            return None
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for raw in lines:
+            match = _LINE.match(raw.decode("utf-8", "surrogateescape"))
+            if not match:
+                continue
+            pid, rest = match.groups()
+            self._main = self._main or pid
+            ended = _EXIT.match(rest) if pid == self._main else None
+            if ended:
+                code, name = ended.groups()
+                return int(code) if code is not None else \
+                    128 + getattr(signal, f"SIG{name}", signal.SIGKILL).value
+        return None
 
 
 def parse(lines: Iterable[str], root: str) -> StraceTrace:

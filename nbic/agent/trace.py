@@ -51,7 +51,8 @@ def trace_session(root: str, argv: list[str], env: dict[str, str], choice: Trace
     watch = DeviceWatch(f"{root}/dev") if fanotify is not None else None
     chroot.release_terminal()
     if use_ptrace:
-        status = chroot.run(strace.command(STRACE_LOG, argv, root), env, chroot_dir=None)
+        status = chroot.run(strace.command(STRACE_LOG, argv, root), env, chroot_dir=None,
+                            ended=strace.MainExit(STRACE_LOG))
     else:
         status = chroot.run(argv, env, chroot_dir=root)
     chroot.kill_leftovers()
@@ -67,6 +68,11 @@ def trace_session(root: str, argv: list[str], env: dict[str, str], choice: Trace
             raise TraceError("strace left no log: the ptrace trace failed")
         with open(STRACE_LOG, encoding="utf-8", errors="surrogateescape") as lines:
             strace_trace = strace.parse(lines, root)
+        # The session's own scripts go with their tmpfs: read their #! lines now.
+        for path in [path for path in strace_trace.executed if _ours(path)]:
+            interpreter = _shebang(f"{root}{path}")
+            if interpreter:
+                strace_trace.executed.add(interpreter)
     # The devices are read while the session's /dev is still mounted.
     opened = set(watch.opened()) if watch is not None else set()
     if watch is not None:
@@ -98,6 +104,16 @@ def _start_fanotify(root: str, choice: Tracer) -> FanotifyTracer | None:
         raise TraceError(f"cannot start the fanotify tracer: {exc}") from None
     tracer.start()
     return tracer
+
+
+def _shebang(path: str) -> str | None:
+    try:
+        with open(path, "rb") as script:
+            head = script.read(256)
+    except OSError:
+        return None
+    words = head[2:].split(b"\n", 1)[0].split() if head.startswith(b"#!") else []
+    return os.fsdecode(words[0]) if words else None
 
 
 def _device_name(path: str) -> str | None:
