@@ -71,7 +71,7 @@ def test_the_seeds_quick_start_on_each_engine_boots(engine, seed_tar, kernel):
     image = engine.workdir / "bash.cpio"
     result = engine.nbic("run", "--rootfs", seed_tar, "-o", image)
     assert "NBIC-QUICKSTART-OK" in result.stdout
-    if engine.user:
+    if engine.user and "importing rootfs" in result.stderr:  # not when cached already
         assert "cannot make device nodes" in result.stderr
     entries = {entry.name: entry for entry in read_entries(image)}
     assert entries["init"].linkname == "/chroot" and entries["dev/console"].rdevmajor == 5

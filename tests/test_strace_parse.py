@@ -69,5 +69,8 @@ def test_the_main_programs_exit_is_read_from_the_log_as_it_grows(tmp_path):
         more.write(" 3 +++\n")
     assert ended() == 3
     killed = tmp_path / "killed.log"
+    killed.write_text("6 +++ exited with 0 +++\n")  # an earlier run's: removed first
+    ended = MainExit(str(killed))
+    assert not killed.exists()
     killed.write_text('5 execve("/x", ["x"], 0x1) = 0\n5 +++ killed by SIGKILL +++\n')
-    assert MainExit(str(killed))() == 128 + 9
+    assert ended() == 128 + 9

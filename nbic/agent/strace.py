@@ -10,6 +10,7 @@ or the directory fd strace decodes with -y.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import posixpath
 import re
@@ -72,9 +73,13 @@ _NOT_FOUND = (" ENOENT ", " ENOTDIR ")
 class MainExit:
     """Follows a strace log as strace writes it: the exit status of the program
     strace started (the log's first process), once the log shows it. The session
-    then ends as in fanotify mode, even if it left a daemon running."""
+    then ends as in fanotify mode, even if it left a daemon running. Made before
+    strace starts: a log an earlier run left at `path` is removed, so its exit
+    is never taken for this one's."""
 
     def __init__(self, path: str):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         self._path = path
         self._offset = 0
         self._partial = b""
