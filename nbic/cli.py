@@ -7,6 +7,7 @@ Each stage module owns its options (`add_arguments`) and its command
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -18,11 +19,22 @@ from nbic.errors import NbicError
 log = logging.getLogger("nbic")
 
 
-def _stages() -> dict[str, ModuleType]:
-    from nbic import boot, build, gc, netboot, pack, rootfs, run, serve, verify
+# Command -> the stage module that owns it (imported only when used: a command
+# should not pay for the imports of all the others).
+STAGES = {"run": "run", "pack": "pack", "verify": "verify", "boot": "boot", "build": "build",
+          "netboot": "netboot", "serve": "serve", "rootfs": "rootfs", "gc": "gc"}
 
-    return {"run": run, "pack": pack, "verify": verify, "boot": boot, "build": build,
-            "netboot": netboot, "serve": serve, "rootfs": rootfs, "gc": gc}
+
+def _named(argv: Sequence[str]) -> str | None:
+    """The command the command line names (None: none, or not one we know)."""
+    named = next((arg for arg in argv if not arg.startswith("-")), None)
+    return named if named in (*STAGES, "cpio") else None
+
+
+def _stages(named: str | None) -> dict[str, ModuleType]:
+    """The stage modules the command line needs: the one it names, else all (for help)."""
+    names = [named] if named in STAGES else [] if named == "cpio" else list(STAGES)
+    return {name: importlib.import_module(f"nbic.{STAGES[name]}") for name in names}
 
 
 def _tools() -> dict:
@@ -31,16 +43,19 @@ def _tools() -> dict:
     return tools.COMMANDS
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nbic", description="Net Boot Image Compiler")
     parser.add_argument("--version", action="version", version=f"nbic {__version__}")
     _common(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module in _stages().items():
+    named = _named(argv)
+    for name, module in _stages(named).items():
         sub = commands.add_parser(name, help=module.HELP, description=module.HELP)
         _common(sub)
         module.add_arguments(sub)
         sub.set_defaults(func=module.run, prog=sub.prog)
+    if named not in (None, "cpio"):
+        return parser
     cpio = commands.add_parser("cpio", help="inspect and unpack cpio images")
     tool_commands = cpio.add_subparsers(dest="tool", required=True, metavar="TOOL")
     for name, (help_text, add_arguments, run) in _tools().items():
@@ -95,7 +110,8 @@ def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> in
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return _dispatch(build_parser(), argv)
+    argv = sys.argv[1:] if argv is None else argv
+    return _dispatch(build_parser(argv), argv)
 
 
 def _tool_main(name: str) -> Callable[[Sequence[str] | None], int]:

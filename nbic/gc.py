@@ -43,6 +43,15 @@ def _unready(client: Any, builder: str, names: list[str]) -> set[str]:
     return {names[int(line)] for line in output.split()}
 
 
+def _old_layout(volume: Any) -> str | None:
+    """A rootfs volume of a layout this nbic no longer reads is imported anew."""
+    labels = volume.attrs.get("Labels") or {}
+    if "nbic.image" in labels or volume.name.startswith(
+            f"{rootfs.VOLUME_PREFIX}{rootfs.VOLUME_LAYOUT}-"):
+        return None
+    return "made by an older nbic (a layout without the rootfs index)"
+
+
 def _stale_source(client: Any, volume: Any) -> str | None:
     """Why a volume's source no longer gives its content, or None if it still may."""
     labels = volume.attrs.get("Labels") or {}
@@ -86,7 +95,7 @@ def collect(client: Any, *, everything: bool) -> list[tuple[str, Any, str]]:
     unready = _unready(client, builder, [volume.name for volume in volumes])
     for volume in volumes:
         why = "--all" if everything else "its import never completed" \
-            if volume.name in unready else _stale_source(client, volume)
+            if volume.name in unready else _old_layout(volume) or _stale_source(client, volume)
         if why:
             doomed.append(("volume", volume, why))
     return doomed

@@ -41,6 +41,9 @@ log = logging.getLogger("nbic")
 DEFAULT_SOURCE = "debootstrap:bookworm"
 DEFAULT_MIRROR = os.environ.get("NBIC_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 VOLUME_PREFIX = "nbic-rootfs-"
+# What a volume holds besides rootfs/ and the ready mark; a volume of another
+# layout is imported anew (and `nbic gc` removes the old one). 2: index.json.
+VOLUME_LAYOUT = "2"
 # Sessions read the rootfs's index instead of walking it (nbic.agent.rootfs_index).
 INDEX_COMMAND = ["python3", "-m", "nbic.agent", serial.dumps(Request(Task.INDEX))]
 ROOTFS_IMAGE_REPOSITORY = "nbic-rootfs"  # images built from dockerfile: sources
@@ -282,12 +285,16 @@ def built(client, source: RootfsSource) -> RootfsSource:
 
 # --- the cache ----------------------------------------------------------------
 
+def volume_name(key: str) -> str:
+    return f"{VOLUME_PREFIX}{VOLUME_LAYOUT}-{key[:16]}"
+
+
 def ensure(client, source: RootfsSource, builder: str) -> str:
     """The name of a volume holding `source` under rootfs/, importing it if needed."""
     if source.kind is SourceKind.DOCKERFILE:
         source = built(client, source)
     key = cache_key(client, source)
-    name = VOLUME_PREFIX + key[:16]
+    name = volume_name(key)
     if engine.find_volume(client, name) is not None:
         log.debug("rootfs %s: cached in volume %s", source, name)
         return name
