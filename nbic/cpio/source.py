@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 from typing import BinaryIO, Protocol
 
-from nbic.errors import CompressionError, FormatError
+from nbic.errors import CompressionError, FormatError, NbicError
 
 CHUNK = 1 << 20
 
@@ -40,7 +40,10 @@ class ByteSource:
 
     # Overridden by the decompressing source.
     def _read_raw(self, size: int) -> bytes:
-        return self._raw.read(size)
+        try:
+            return self._raw.read(size)
+        except OSError as exc:
+            raise NbicError(f"cannot read {self.name}: {exc.strerror}") from None
 
     def location(self, offset: int) -> str:
         return f"byte {offset} of {self.name}"
