@@ -7,7 +7,6 @@ Each stage module owns its options (`add_arguments`) and its command
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import sys
@@ -95,7 +94,7 @@ def _standard_streams() -> None:
     if sys.stdout is None or sys.stdout is sys.__stdout__:
         old = sys.stdout
         sys.stdout = stdout_text(old.encoding if old else "utf-8",
-                                 old.errors if old else "strict",
+                                 (old.errors if old else None) or "strict",
                                  line_buffering=bool(old and old.line_buffering))
 
 
@@ -142,7 +141,7 @@ def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> in
             raise
         _settle_stdout()
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"{prog}: error: {exc.strerror or errno.errorcode.get(exc.errno, exc)}{where}",
+        print(f"{prog}: error: {exc.strerror or exc}{where}",
               file=sys.stderr)
         return getattr(args, "error_status", 1)
 

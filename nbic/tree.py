@@ -246,12 +246,13 @@ def tar_compression(head: bytes):
     return None
 
 
-class _BoundedFile:
+class _BoundedFile(io.RawIOBase):
     """The file tarfile reads from, with a limit on how far reading may go while
     a member's headers are parsed: tarfile reads a PAX header, a GNU long name or
     a sparse map whole, however large its header says it is."""
 
     def __init__(self, raw, *, seekable: bool, where: Callable[[int], str]):
+        super().__init__()
         self._raw = raw
         self._seekable = seekable
         self._where = where
@@ -266,6 +267,9 @@ class _BoundedFile:
         data = self._raw.read(size)
         self._position += len(data)
         return data
+
+    def readable(self) -> bool:
+        return True
 
     def seekable(self) -> bool:
         return self._seekable
@@ -293,12 +297,18 @@ class _TarMembers:
         self._header_errors: list[tarfile.HeaderError] = []
         self._global_bytes = 0
         self._file.limit = TAR_HEADER_LIMIT
-        self.archive = self._parse(lambda: tarfile.open(  # noqa: SIM115 - see close()
-            fileobj=self._file, mode="r:" if seekable else "r|", encoding="utf-8",
-            errors="surrogateescape", tarinfo=self._tarinfo_class()))
+        self.archive = self._parse(lambda: self._open(seekable))
 
     def where(self, offset: int) -> str:
         return f"{'decompressed ' if self._decompressed else ''}byte {offset}"
+
+    def _open(self, seekable: bool) -> tarfile.TarFile:
+        checked = self._tarinfo_class()
+        if seekable:
+            return tarfile.open(fileobj=self._file, mode="r:", encoding="utf-8",
+                                errors="surrogateescape", tarinfo=checked)
+        return tarfile.open(fileobj=self._file, mode="r|", encoding="utf-8",
+                            errors="surrogateescape", tarinfo=checked)
 
     def _tarinfo_class(self) -> type[tarfile.TarInfo]:
         members = self
@@ -370,12 +380,13 @@ class _TarMembers:
         info.pax_headers = {}  # read by tarfile already; not kept for every member
 
     def _check_end(self, start: int) -> None:
+        # tarfile's own header errors, by type (typeshed does not list them).
         error = self._header_errors[-1] if self._header_errors else None
-        if isinstance(error, tarfile.EOFHeaderError):
+        if isinstance(error, tarfile.EOFHeaderError):  # type: ignore[attr-defined]
             self._check_zeros(start + tarfile.BLOCKSIZE)
-        elif isinstance(error, tarfile.TruncatedHeaderError):
+        elif isinstance(error, tarfile.TruncatedHeaderError):  # type: ignore[attr-defined]
             raise FormatError(f"truncated tar header at {self.where(start)}", start)
-        elif isinstance(error, tarfile.InvalidHeaderError):
+        elif isinstance(error, tarfile.InvalidHeaderError):  # type: ignore[attr-defined]
             raise FormatError(f"corrupt tar header at {self.where(start)}: {error}", start)
         # EmptyHeaderError: the data ends right after a member, without an
         # end-of-archive marker; as for GNU tar, that is an end.
@@ -549,10 +560,10 @@ class TarTree(Tree):
             raise RootfsError(f"/{name} has no data in {self.description}")
         if self._plain is not None:
             return self._plain.archive.extractfile(self._infos[offset])
-        if offset not in self._spooled:
+        if self._spool is None or offset not in self._spooled:
             raise RootfsError(f"/{name} was not prefetched from {self.description}")
         start, size = self._spooled[offset]
-        return _SpoolSlice(self._spool.fileno(), start, size)
+        return io.BufferedReader(_SpoolSlice(self._spool.fileno(), start, size))
 
     def close(self) -> None:
         self._stream.close()
@@ -561,15 +572,31 @@ class TarTree(Tree):
 
 
 class _SpoolSlice(io.RawIOBase):
-    """A range of the spool file, read with pread: several can be open at once."""
+    """A file's range of the spool file, read with pread: several can be open at
+    once. Seekable, as the ELF reader needs."""
 
     def __init__(self, fd: int, start: int, size: int):
         self._fd = fd
+        self._start = start
         self._position = start
         self._end = start + size
 
     def readable(self) -> bool:
         return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: self._start, io.SEEK_CUR: self._position,
+                io.SEEK_END: self._end}[whence]
+        if base + offset < self._start:
+            raise ValueError(f"negative seek position {base + offset - self._start}")
+        self._position = base + offset
+        return self._position - self._start
+
+    def tell(self) -> int:
+        return self._position - self._start
 
     def readinto(self, buffer) -> int:
         size = min(len(buffer), self._end - self._position)
