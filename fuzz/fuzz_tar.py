@@ -9,7 +9,10 @@ import tempfile
 import atheris
 from common import main
 
-with atheris.instrument_imports(include=["nbic"]):
+# tarfile too: it parses the hostile headers, so its branches guide the fuzzer.
+with atheris.instrument_imports(include=["nbic", "tarfile"]):
+    import tarfile  # noqa: F401 - instrumented before nbic.tree imports it
+
     import nbic.cpio.compress  # imported by TarTree when used: instrumented now
     import nbic.cpio.source  # noqa: F401
     from nbic.cpio.entry import FileType

@@ -135,14 +135,13 @@ def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> in
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
-        # Every expected failure is an NbicError where it happens; this is the
-        # rest, told by its errno, still in one line.
+        # Expected failures become NbicErrors where they happen; this is any
+        # other system error, still one line (its errno's text, and the file).
         if getattr(args, "debug", False):
             raise
         _settle_stdout()
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"{prog}: error: {exc.strerror or exc}{where}",
-              file=sys.stderr)
+        print(f"{prog}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return getattr(args, "error_status", 1)
 
 

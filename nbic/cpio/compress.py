@@ -578,6 +578,14 @@ class _Lz4LegacyDecompressor:
         return b""
 
 
+def decompress_chunks(decompressor, data: bytes, limit: int = 1 << 20) -> Iterator[bytes]:
+    """What `data` decodes to (with what the decompressor still holds), `limit`
+    bytes at a time: for callers that feed a stream chunk by chunk themselves."""
+    yield decompressor.decompress(data, limit)
+    while not decompressor.eof and not decompressor.needs_input:
+        yield decompressor.decompress(b"", limit)
+
+
 def decompressor_for(method: Compression, head: bytes):
     """A fresh decompressor, with an output bound per call, for one stream of `method`."""
     match method:
