@@ -21,7 +21,7 @@ class Outcome:
     returncode: int
     stdout: bytes
     stderr: str
-    peak_mib: float  # the process's own peak resident memory (ru_maxrss)
+    peak_mib: float  # the command's peak resident memory (ru_maxrss)
 
     def one_line_error(self) -> str:
         """The error line of a failed run; asserts it is one line, no traceback."""
@@ -44,21 +44,36 @@ def command(name: str) -> list[str]:
             f"import sys; from nbic.cli import cpio_{tool}_main as m; sys.exit(m())"]
 
 
+# Runs the command and reports its exit status and peak RSS. A child's
+# ru_maxrss starts from its parent's high-water mark (vfork, exec), so the
+# command is started from this small process, not from the (large) test run.
+_LAUNCHER = """
+import os, subprocess, sys
+process = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(process.pid, 0)
+os.write(int(sys.argv[1]), b"%d %d" % (os.waitstatus_to_exitcode(status), usage.ru_maxrss))
+"""
+
+
 def run(name: str, *args: object, stdin=None, stdout=None, env: dict | None = None,
         limits: Callable[[], None] | None = None, cwd: Path | None = None) -> Outcome:
-    """Run a command to its end; its peak RSS comes from wait4(), so it is this
-    child's own figure, not the largest of every child the test process had."""
+    """Run a command to its end, measuring its own peak resident memory."""
+    report_read, report_write = os.pipe()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        process = subprocess.Popen(
-            [*command(name), *map(str, args)], stdin=stdin,
-            stdout=out if stdout is None else stdout, stderr=err,
-            env={**os.environ, **(env or {})}, preexec_fn=limits, cwd=cwd)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
+        try:
+            subprocess.run(
+                [sys.executable, "-c", _LAUNCHER, str(report_write), *command(name),
+                 *map(str, args)], stdin=stdin, stdout=out if stdout is None else stdout,
+                stderr=err, env={**os.environ, **(env or {})}, preexec_fn=limits, cwd=cwd,
+                pass_fds=(report_write,), check=False)
+        finally:
+            os.close(report_write)
+        with os.fdopen(report_read, "rb") as report:
+            returncode, peak_kib = map(int, report.read().split())
         out.seek(0)
         err.seek(0)
-        return Outcome(process.returncode, out.read(), err.read().decode(errors="replace"),
-                       usage.ru_maxrss / 1024)
+        return Outcome(returncode, out.read(), err.read().decode(errors="replace"),
+                       peak_kib / 1024)
 
 
 def address_space_limit(mib: int) -> Callable[[], None]:
