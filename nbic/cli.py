@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from nbic import __version__
-from nbic.errors import NbicError
+from nbic.errors import NbicError, OutputClosed, OutputError
+from nbic.output import signals_interrupt, stdout_text
 
 log = logging.getLogger("nbic")
 
@@ -90,23 +92,72 @@ class _Formatter(logging.Formatter):
         return prefix + record.getMessage()
 
 
+def _standard_streams() -> None:
+    """A closed standard descriptor gets /dev/null, opened the wrong way round so
+    that using it fails (EBADF) instead of reaching whatever file would otherwise
+    get its number; errors still go nowhere. Standard output's write errors
+    become OutputErrors that name it."""
+    for fd, flags in ((0, os.O_WRONLY), (1, os.O_RDONLY), (2, os.O_WRONLY)):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, flags)  # the lowest free number: fd, as those below are open
+    if sys.stdin is None:
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the process's own
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - the process's own
+    if sys.stdout is None or sys.stdout is sys.__stdout__:
+        old = sys.stdout
+        sys.stdout = stdout_text(old.encoding if old else "utf-8",
+                                 (old.errors if old else None) or "strict",
+                                 line_buffering=bool(old and old.line_buffering))
+
+
+def _settle_stdout() -> None:
+    """Flush standard output now; if it takes nothing more, drop what is left, so
+    the flush at exit does not fail a second time."""
+    try:
+        sys.stdout.flush()
+    except (OutputError, OSError, ValueError):
+        spare = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(spare, 1)
+        os.close(spare)
+
+
 def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    _standard_streams()
     args = parser.parse_args(argv)
     _setup_logging(args)
+    prog = getattr(args, "prog", parser.prog)
     try:
-        return args.func(args) or 0
+        with signals_interrupt():
+            status = args.func(args) or 0
+            sys.stdout.flush()
+        return status
+    except OutputClosed:
+        # `cpio-list img | head` is normal use, not an error. (Images and file
+        # data on standard output fail instead: see output.atomic_output.)
+        _settle_stdout()
+        return 0
     except NbicError as exc:
         if getattr(args, "debug", False):
             raise
-        print(f"{getattr(args, 'prog', parser.prog)}: error: {exc}", file=sys.stderr)
+        _settle_stdout()
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return getattr(args, "error_status", 1)
     except KeyboardInterrupt:
-        print(f"{getattr(args, 'prog', parser.prog)}: interrupted", file=sys.stderr)
+        _settle_stdout()
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # `cpio-list img | head` is normal use, not an error.
-        sys.stderr.close()
-        return 0
+    except OSError as exc:
+        # Expected failures become NbicErrors where they happen; this is any
+        # other system error, still one line (its errno's text, and the file).
+        if getattr(args, "debug", False):
+            raise
+        _settle_stdout()
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"{prog}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return getattr(args, "error_status", 1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

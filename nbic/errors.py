@@ -45,6 +45,15 @@ class UnsafePathError(NbicError):
     """An archive entry would be written outside the target, or through a symlink."""
 
 
+class OutputError(NbicError):
+    """An output could not be written (disk full, file too large), or nbic will not
+    write there (over one of its inputs, a directory, a symlink it would replace)."""
+
+
+class OutputClosed(OutputError):
+    """The reader of standard output went away (EPIPE), as `cpio-list | head` does."""
+
+
 class BootError(NbicError):
     """QEMU could not be started, or the boot check could not be judged."""
 

@@ -48,6 +48,7 @@ from nbic.cpio.compress import (
     Compression,
     CompressionSpec,
     compressed_writer,
+    decompress_chunks,
     decompressor_for,
     detect,
 )
@@ -308,7 +309,7 @@ def _decompressed(method: Compression, head: bytes, member: _Member) -> Iterator
     decompressor = decompressor_for(method, head)
     for chunk in _chained(head, member):
         try:
-            yield decompressor.decompress(chunk)
+            yield from decompress_chunks(decompressor, chunk)
         except Exception as exc:  # every codec has its own error type
             raise KernelError(f"corrupt {method.value} data in the .deb: {exc}") from exc
 

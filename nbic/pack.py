@@ -18,7 +18,13 @@ from nbic.cpio.archive import ArchiveStats, order
 from nbic.cpio.compress import CompressionSpec
 from nbic.cpio.spec import format_spec
 from nbic.errors import UsageError
-from nbic.output import add_compression_argument, atomic_output, compression_from_args, write_image
+from nbic.output import (
+    add_compression_argument,
+    atomic_output,
+    compression_from_args,
+    refuse_inputs,
+    write_image,
+)
 from nbic.selection import InitMode, Selection
 from nbic.tree import EmptyTree, Tree, open_tree
 
@@ -63,6 +69,9 @@ def pack(config: PackConfig) -> PackResult:
         [item.name for item in selection.spec_lists]
     if config.rootfs == "-" and "-" in list_names:
         raise UsageError("standard input cannot carry both the rootfs and a list")
+    refuse_inputs([config.output, config.emit_spec],
+                  [config.rootfs, *(item.name for item in selection.file_lists),
+                   *(item.name for item in selection.spec_lists), *selection.spec_locations()])
 
     if config.rootfs is None and selection.init_mode is InitMode.AUTO:
         # Spec lists alone describe the whole image (a round trip of one): add nothing.

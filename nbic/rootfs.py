@@ -28,13 +28,13 @@ from nbic import engine, serial
 from nbic.agent.protocol import IMPORT_DIR, READY_MARK, Request, Task
 from nbic.cache import user_cache
 from nbic.cpio.archive import Member, order
-from nbic.cpio.compress import decompressor_for, detect
+from nbic.cpio.compress import decompressor_for
 from nbic.cpio.entry import FileType
 from nbic.cpio.source import CHUNK, ByteSource, ChunkReader, DecompressedSource
 from nbic.errors import NbicError, RootfsError, UsageError
 from nbic.output import atomic_output
 from nbic.tarstream import write_tar
-from nbic.tree import DirTree
+from nbic.tree import DirTree, tar_compression
 
 log = logging.getLogger("nbic")
 
@@ -104,9 +104,9 @@ def parse_source(text: str | None, base: Path | None = None) -> RootfsSource:
 def _file_chunks(path: str) -> Iterator[bytes]:
     """A tar file's bytes, decompressed here when compressed (Docker takes plain tar)."""
     with open(path, "rb") as stream:
-        head = stream.read(8)
+        head = stream.read(tarfile.BLOCKSIZE)
         stream.seek(0)
-        method = detect(head)
+        method = tar_compression(head)
         if method is None:
             while chunk := stream.read(CHUNK):
                 yield chunk

@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import logging
 import posixpath
-import signal
 import sys
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -42,7 +40,13 @@ from nbic.agent.protocol import (
 from nbic.cpio.compress import CompressionSpec, compressed_writer
 from nbic.cpio.spec import open_location
 from nbic.errors import NbicError, SpecError, UsageError
-from nbic.output import add_compression_argument, atomic_output, compression_from_args
+from nbic.output import (
+    add_compression_argument,
+    atomic_output,
+    compression_from_args,
+    refuse_inputs,
+    signals_interrupt,
+)
 from nbic.selection import Selection, Verify
 from nbic.usage import size_report
 from nbic.verify import VerifyError, describe_failed_replay
@@ -77,22 +81,6 @@ class RunResult:
     raw_bytes: int  # uncompressed size
 
 
-@contextmanager
-def interruptible() -> Iterator[None]:
-    """SIGTERM, and SIGHUP (the terminal went away), unwind like Ctrl-C, so every
-    cleanup runs: no container and no partial output is left behind."""
-    def interrupt(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = {signum: signal.signal(signum, interrupt)
-                for signum in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
 def agent_command(request: Request) -> list[str]:
     return ["python3", "-m", "nbic.agent", serial.dumps(request)]
 
@@ -124,11 +112,16 @@ def _inputs(config: RunConfig) -> dict[str, Path]:
 
 
 def compile_session(config: RunConfig) -> RunResult:
+    selection = config.selection
+    refuse_inputs([config.output, config.report, config.kernel_output],
+                  [config.rootfs, config.script, config.check,
+                   *(item.name for item in selection.file_lists),
+                   *(item.name for item in selection.spec_lists), *selection.spec_locations()])
     inputs = _inputs(config)
     source = rootfs.parse_source(config.rootfs)
     request = Request(Task.SESSION, config.selection, config.session,
                       kernel=config.kernel_output is not None)
-    with interruptible():
+    with signals_interrupt():
         client = engine.connect()
         engine.remove_stale_containers(client)  # of runs killed outright (kill -9)
         builder = engine.builder_image(client)

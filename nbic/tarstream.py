@@ -8,12 +8,14 @@ names as links to it.
 
 from __future__ import annotations
 
+import math
 import tarfile
 from collections.abc import Iterable
 from typing import BinaryIO
 
 from nbic.cpio.archive import Member
 from nbic.cpio.entry import Entry, FileType
+from nbic.errors import FormatError
 
 _TAR_TYPES = {FileType.FILE: tarfile.REGTYPE, FileType.DIR: tarfile.DIRTYPE,
               FileType.SYMLINK: tarfile.SYMTYPE, FileType.CHAR: tarfile.CHRTYPE,
@@ -61,6 +63,8 @@ def write_tar(out: BinaryIO, members: Iterable[Member]) -> int:
 def entry_from_tarinfo(name: str, info: tarfile.TarInfo) -> Entry | None:
     """The entry for a tar member, or None for a type cpio cannot hold. A hardlink
     member comes back as a plain file: each reader keys its group its own way."""
+    if not math.isfinite(info.mtime):  # a PAX mtime may say inf or nan
+        raise FormatError(f"{name}: mtime {info.mtime} is not a time")
     common = {"perm": info.mode & 0o7777, "uid": info.uid, "gid": info.gid,
               "mtime": int(info.mtime)}
     if info.isreg() or info.islnk():

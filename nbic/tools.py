@@ -40,6 +40,7 @@ from nbic.cpio.entry import (
 from nbic.cpio.image import ImageReader, open_image
 from nbic.cpio.spec import format_spec, root_location
 from nbic.errors import FormatError, NbicError, UnsafePathError, UsageError
+from nbic.output import atomic_output, refuse_inputs
 from nbic.usage import SizeReport, human_size, size_report
 
 if TYPE_CHECKING:
@@ -248,6 +249,7 @@ def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    refuse_inputs(["-"], [args.image])
     with open_image(args.image) as reader:
         if args.spec:
             # Whole before printed: an entry no spec list can hold leaves no half list.
@@ -642,6 +644,7 @@ def _add_du_arguments(parser: argparse.ArgumentParser) -> None:
 def run_du(args: argparse.Namespace) -> int:
     if args.depth < 0 or args.top < 0:
         raise UsageError("--depth and --top must not be negative")
+    refuse_inputs(["-"], [args.image])
     if args.by_package:
         # Imported here: the rootfs readers cost the other tools' start-up time.
         from nbic.packages import package_report
@@ -717,6 +720,7 @@ def _add_diff_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_diff(args: argparse.Namespace) -> int:
+    refuse_inputs(["-"], [args.a, args.b])
     lines = diff_images(args.a, args.b, mtime=args.mtime)
     for line in lines:
         _emit(line)
@@ -767,8 +771,9 @@ def _add_cat_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cat(args: argparse.Namespace) -> int:
-    cat(args.image, args.path, sys.stdout.buffer)
-    sys.stdout.buffer.flush()
+    refuse_inputs(["-"], [args.image])
+    with atomic_output("-") as out:
+        cat(args.image, args.path, out)
     return 0
 
 

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import BinaryIO
 
-from nbic.cpio.compress import Compression, decompressor_for, detect
+from nbic.cpio.compress import Compression, decompress_chunks, decompressor_for, detect
 from nbic.errors import KernelError
 
 _HEADER_SIZE = 0x250
@@ -64,14 +64,16 @@ def extract_vmlinux(vmlinuz: BinaryIO, out: BinaryIO) -> str:
             break
         remaining -= len(chunk)
         try:
-            data = decompressor.decompress(chunk)
+            for data in decompress_chunks(decompressor, chunk):
+                if data and not checked:
+                    if not data.startswith(ELF_MAGIC):
+                        raise KernelError("the bzImage payload is not an ELF kernel")
+                    checked = True
+                out.write(data)
+        except KernelError:
+            raise
         except Exception as exc:  # every codec has its own error type
             raise KernelError(f"corrupt {method.value} payload in the bzImage: {exc}") from exc
-        if data and not checked:
-            if not data.startswith(ELF_MAGIC):
-                raise KernelError("the bzImage payload is not an ELF kernel")
-            checked = True
-        out.write(data)
     if not decompressor.eof:
         end_of_input = getattr(decompressor, "end_of_input", None)
         if end_of_input is None or remaining:

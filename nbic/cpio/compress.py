@@ -399,9 +399,124 @@ def compressed_writer(out: BinaryIO, spec: CompressionSpec, workers: int | None 
 
 
 # --- reading ---------------------------------------------------------------
+#
+# Every decompressor below returns at most `max_length` bytes per call and says
+# with `needs_input` whether it can go on without more input: the interface of
+# lzma's and bz2's, which the others are adapted to. Output is thus produced
+# as it is consumed, and no bomb (a few KiB that decode to GiBs) grows memory.
+
+DECODER_MEMORY_LIMIT = 128 << 20  # xz/lzma dictionaries: xz -9 needs 65 MiB
+ZSTD_BLOCK_MAX = 128 << 10  # RFC 8878: no zstd block decodes to more
+LZ4_LEGACY_PACKED_MAX = LZ4_LEGACY_BLOCK + LZ4_LEGACY_BLOCK // 255 + 16  # LZ4_compressBound
+
+
+class _GzipDecompressor:
+    """zlib's decompressobj, which keeps input beyond the bound in unconsumed_tail."""
+
+    def __init__(self):
+        self._codec = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        self.needs_input = True
+
+    @property
+    def eof(self) -> bool:
+        return self._codec.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._codec.unused_data
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        out = self._codec.decompress(self._codec.unconsumed_tail + data, max_length)
+        self.needs_input = not self._codec.unconsumed_tail and len(out) < max_length
+        return out
+
+
+class _ZstdUnit(enum.Enum):
+    HEADER = "frame header"
+    BLOCK = "block"
+    CHECKSUM = "checksum"
+    END = "end"
+
+
+class _ZstdFrameDecompressor:
+    """One zstd frame. zstandard's decompressobj has no output bound, but it is
+    fed here whole blocks, a bounded number per call, and no block decodes to
+    more than 128 KiB. Walking the frame's headers also tells where the frame
+    ends, so nothing after it is consumed."""
+
+    def __init__(self):
+        import zstandard
+
+        # zstandard's default window limit is the kernel's: 128 MiB.
+        self._codec = zstandard.ZstdDecompressor().decompressobj()
+        self._pending = bytearray()
+        self._next = _ZstdUnit.HEADER
+        self._checksum = False
+        self.eof = False
+        self.unused_data = b""
+        self.needs_input = True
+
+    def _unit_size(self, at: int) -> int | None:
+        """Bytes of the next unit of the frame at `at`, or None if not all there."""
+        data = self._pending
+        if self._next is _ZstdUnit.HEADER:
+            if len(data) < at + 5:
+                return None
+            descriptor = data[at + 4]
+            single_segment = descriptor >> 5 & 1
+            size = (5 + (not single_segment) + (0, 1, 2, 4)[descriptor & 3]
+                    + (single_segment, 2, 4, 8)[descriptor >> 6])
+        elif self._next is _ZstdUnit.BLOCK:
+            if len(data) < at + 3:
+                return None
+            header = int.from_bytes(data[at : at + 3], "little")
+            size = 3 + (1 if header >> 1 & 3 == 1 else header >> 3)  # RLE: one byte
+        else:
+            size = 4
+        return size if len(data) >= at + size else None
+
+    def _advance(self, at: int) -> None:
+        """Move past the unit at `at`."""
+        data = self._pending
+        if self._next is _ZstdUnit.HEADER:
+            self._checksum = bool(data[at + 4] & 4)
+            self._next = _ZstdUnit.BLOCK
+        elif self._next is _ZstdUnit.BLOCK:
+            if data[at] & 1:  # the frame's last block
+                self._next = _ZstdUnit.CHECKSUM if self._checksum else _ZstdUnit.END
+        else:
+            self._next = _ZstdUnit.END
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        self._pending += data
+        blocks = max(1, max_length // ZSTD_BLOCK_MAX)
+        fed = 0
+        starved = False
+        while self._next is not _ZstdUnit.END:
+            if self._next is _ZstdUnit.BLOCK and not blocks:
+                break
+            size = self._unit_size(fed)
+            if size is None:
+                starved = True
+                break
+            blocks -= self._next is _ZstdUnit.BLOCK
+            self._advance(fed)
+            fed += size
+        out = self._codec.decompress(bytes(self._pending[:fed])) if fed else b""
+        del self._pending[:fed]
+        if self._next is _ZstdUnit.END:
+            if not self._codec.eof:
+                raise ValueError("the frame's headers and its data disagree on where it ends")
+            self.eof = True
+            self.unused_data = bytes(self._pending)
+            self._pending.clear()
+        self.needs_input = starved
+        return out
+
 
 class _Lz4LegacyDecompressor:
-    """Counterpart of _Lz4LegacyWriter; like the kernel, it runs to the end of input."""
+    """Counterpart of _Lz4LegacyWriter; like the kernel, it runs to the end of
+    input. Blocks are decoded one at a time, as their output is asked for."""
 
     def __init__(self):
         import lz4.block
@@ -409,35 +524,51 @@ class _Lz4LegacyDecompressor:
         self._decompress = lz4.block.decompress
         self._pending = bytearray()
         self._started = False
+        self._ready = memoryview(b"")  # decoded, not yet returned
         self.eof = False
         self.unused_data = b""
+        self.needs_input = True
 
-    def decompress(self, data: bytes) -> bytes:
-        self._pending += data
-        out = bytearray()
+    def _next_block(self) -> bool:
+        """Decode the next block into _ready; False if it is not all there (or at the end)."""
+        pending = self._pending
         if not self._started:
-            if len(self._pending) < 4:
-                return b""
-            del self._pending[:4]
+            if len(pending) < 4:
+                return False
+            del pending[:4]
             self._started = True
-        while len(self._pending) >= 4:
-            (size,) = struct.unpack_from("<I", self._pending)
+        while len(pending) >= 4:
+            (size,) = struct.unpack_from("<I", pending)
             if size == LZ4_LEGACY_MAGIC:  # a further legacy stream follows
-                del self._pending[:4]
+                del pending[:4]
                 continue
             if size == 0:
                 # Zero padding ends the stream, as for the kernel since 5.13:
                 # what follows is the next segment.
                 self.eof = True
-                self.unused_data = bytes(self._pending)
-                break
-            if size > 2 * LZ4_LEGACY_BLOCK:
+                self.unused_data = bytes(pending)
+                pending.clear()
+                return False
+            if size > LZ4_LEGACY_PACKED_MAX:
                 raise ValueError(f"lz4 block size {size} is impossible")
-            if len(self._pending) < 4 + size:
+            if len(pending) < 4 + size:
+                return False
+            block = bytes(pending[4 : 4 + size])
+            del pending[: 4 + size]
+            self._ready = memoryview(self._decompress(block, uncompressed_size=LZ4_LEGACY_BLOCK))
+            return True
+        return False
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        self._pending += data
+        out = bytearray()
+        while len(out) < max_length:
+            if not self._ready and not self._next_block():
                 break
-            block = bytes(self._pending[4 : 4 + size])
-            del self._pending[: 4 + size]
-            out += self._decompress(block, uncompressed_size=LZ4_LEGACY_BLOCK)
+            taken = self._ready[: max_length - len(out)]
+            out += taken
+            self._ready = self._ready[len(taken) :]
+        self.needs_input = len(out) < max_length and not self.eof
         return bytes(out)
 
     def end_of_input(self) -> bytes:
@@ -447,19 +578,26 @@ class _Lz4LegacyDecompressor:
         return b""
 
 
+def decompress_chunks(decompressor, data: bytes, limit: int = 1 << 20) -> Iterator[bytes]:
+    """What `data` decodes to (with what the decompressor still holds), `limit`
+    bytes at a time: for callers that feed a stream chunk by chunk themselves."""
+    yield decompressor.decompress(data, limit)
+    while not decompressor.eof and not decompressor.needs_input:
+        yield decompressor.decompress(b"", limit)
+
+
 def decompressor_for(method: Compression, head: bytes):
-    """A fresh decompression object for one stream of `method`."""
+    """A fresh decompressor, with an output bound per call, for one stream of `method`."""
     match method:
         case Compression.ZSTD:
-            import zstandard
-
-            return zstandard.ZstdDecompressor().decompressobj()
+            return _ZstdFrameDecompressor()
         case Compression.GZIP:
-            return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            return _GzipDecompressor()
         case Compression.XZ:
-            return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+            return lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=DECODER_MEMORY_LIMIT)
         case Compression.LZMA:
-            return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE)
+            return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE,
+                                         memlimit=DECODER_MEMORY_LIMIT)
         case Compression.BZIP2:
             import bz2
 

@@ -97,6 +97,9 @@ class NewcWriter:
         elif file_type is FileType.SYMLINK:
             body = encode_name(entry.linkname)
             size = len(body)
+            if size > PATH_MAX:
+                raise FieldOverflowError(f"{entry.path}: symlink target longer than the "
+                                         "kernel's PATH_MAX")
         else:
             size = 0
         if ino is None:
@@ -219,6 +222,11 @@ class ArchiveReader:
             self._remaining = size
             linkname = ""
             if file_type is FileType.SYMLINK:
+                # Read whole, so bounded as the kernel bounds it (it skips longer ones).
+                if size > PATH_MAX:
+                    raise FormatError(f"symlink {name!r} has a {size}-byte target, longer than "
+                                      f"PATH_MAX ({PATH_MAX}), at {source.location(offset)}",
+                                      offset)
                 linkname = decode_name(self.read(size).split(b"\0", 1)[0])
             self._data_end_pad = _pad(source.offset + self._remaining - self._start)
             yield Entry(name=name, type=file_type, perm=mode & 0o7777, uid=uid, gid=gid,

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 from typing import BinaryIO, Protocol
 
-from nbic.errors import CompressionError, FormatError
+from nbic.errors import CompressionError, FormatError, NbicError
 
 CHUNK = 1 << 20
 
@@ -40,7 +40,10 @@ class ByteSource:
 
     # Overridden by the decompressing source.
     def _read_raw(self, size: int) -> bytes:
-        return self._raw.read(size)
+        try:
+            return self._raw.read(size)
+        except OSError as exc:
+            raise NbicError(f"cannot read {self.name}: {exc.strerror}") from None
 
     def location(self, offset: int) -> str:
         return f"byte {offset} of {self.name}"
@@ -149,16 +152,21 @@ class ByteSource:
 
 
 class Decompressor(Protocol):
-    """What zlib, lzma, bz2, zstandard and lz4 decompression objects share."""
+    """A decoder of one compressed stream that returns at most `max_length` bytes
+    per call: the interface of lzma's and bz2's (nbic.cpio.compress adapts the
+    others). `needs_input` is False while it can go on without more input."""
 
     eof: bool
     unused_data: bytes
+    needs_input: bool
 
-    def decompress(self, data: bytes) -> bytes: ...
+    def decompress(self, data: bytes, max_length: int) -> bytes: ...
 
 
 class DecompressedSource(ByteSource):
-    """The decompressed bytes of exactly one compressed stream inside `outer`."""
+    """The decompressed bytes of exactly one compressed stream inside `outer`,
+    decoded a chunk at a time as they are read: memory does not grow with the
+    decompressed size."""
 
     def __init__(self, outer: ByteSource, decompressor: Decompressor, method: str):
         self._outer = outer
@@ -173,22 +181,25 @@ class DecompressedSource(ByteSource):
         return f"decompressed byte {offset} of {self.name}"
 
     def _read_raw(self, size: int) -> bytes:
-        while not self._decompressor.eof:
-            compressed = self._outer.read_some(CHUNK)
-            if not compressed:
-                # lz4's legacy format has no end marker: it ends with its input.
-                end_of_input = getattr(self._decompressor, "end_of_input", None)
-                if end_of_input is None:
-                    raise CompressionError(
-                        f"truncated {self.method} data in {self.name}", self.start)
-                return end_of_input()
+        decompressor = self._decompressor
+        while not decompressor.eof:
+            compressed = b""
+            if decompressor.needs_input:
+                compressed = self._outer.read_some(CHUNK)
+                if not compressed:
+                    # lz4's legacy format has no end marker: it ends with its input.
+                    end_of_input = getattr(decompressor, "end_of_input", None)
+                    if end_of_input is None:
+                        raise CompressionError(
+                            f"truncated {self.method} data in {self.name}", self.start)
+                    return end_of_input()
             try:
-                out = self._decompressor.decompress(compressed)
+                out = decompressor.decompress(compressed, CHUNK)
             except Exception as exc:  # every codec has its own error type
                 raise CompressionError(
                     f"corrupt {self.method} data in {self.name}: {exc}", self.start) from exc
-            if self._decompressor.eof:
-                self._outer.unread(self._decompressor.unused_data)
+            if decompressor.eof:
+                self._outer.unread(decompressor.unused_data)
             if out:
                 return out
         return b""
