@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import tarfile
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import BinaryIO
 
 from nbic.cpio.archive import Member
@@ -65,17 +66,17 @@ def entry_from_tarinfo(name: str, info: tarfile.TarInfo) -> Entry | None:
     member comes back as a plain file: each reader keys its group its own way."""
     if not math.isfinite(info.mtime):  # a PAX mtime may say inf or nan
         raise FormatError(f"{name}: mtime {info.mtime} is not a time")
-    common = {"perm": info.mode & 0o7777, "uid": info.uid, "gid": info.gid,
-              "mtime": int(info.mtime)}
+    base = Entry(name, FileType.FILE, perm=info.mode & 0o7777, uid=info.uid, gid=info.gid,
+                 mtime=int(info.mtime))
     if info.isreg() or info.islnk():
-        return Entry(name, FileType.FILE, size=info.size, **common)
+        return replace(base, size=info.size)
     if info.isdir():
-        return Entry(name, FileType.DIR, nlink=2, **common)
+        return replace(base, type=FileType.DIR, nlink=2)
     if info.issym():
-        return Entry(name, FileType.SYMLINK, linkname=info.linkname, **common)
+        return replace(base, type=FileType.SYMLINK, linkname=info.linkname)
     if info.ischr() or info.isblk():
         kind = FileType.CHAR if info.ischr() else FileType.BLOCK
-        return Entry(name, kind, rdevmajor=info.devmajor, rdevminor=info.devminor, **common)
+        return replace(base, type=kind, rdevmajor=info.devmajor, rdevminor=info.devminor)
     if info.isfifo():
-        return Entry(name, FileType.FIFO, **common)
+        return replace(base, type=FileType.FIFO)
     return None
