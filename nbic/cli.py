@@ -39,10 +39,11 @@ def _stages(named: str | None) -> dict[str, ModuleType]:
     return {name: importlib.import_module(f"nbic.{STAGES[name]}") for name in names}
 
 
-def _tools() -> dict:
+def _tools(names: Sequence[str] | None = None) -> dict[str, ModuleType]:
+    """The cpio tool modules: the named ones, else all (for help)."""
     from nbic import tools
 
-    return tools.COMMANDS
+    return {name: tools.tool(name) for name in (names or tools.TOOLS)}
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
@@ -60,11 +61,11 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         return parser
     cpio = commands.add_parser("cpio", help="inspect and unpack cpio images")
     tool_commands = cpio.add_subparsers(dest="tool", required=True, metavar="TOOL")
-    for name, (help_text, add_arguments, run) in _tools().items():
-        sub = tool_commands.add_parser(name, help=help_text, description=help_text)
+    for name, module in _tools().items():
+        sub = tool_commands.add_parser(name, help=module.HELP, description=module.HELP)
         _common(sub)
-        add_arguments(sub)
-        sub.set_defaults(func=run, prog=sub.prog)
+        module.add_arguments(sub)
+        sub.set_defaults(func=module.run, prog=sub.prog)
     return parser
 
 
@@ -167,11 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _tool_main(name: str) -> Callable[[Sequence[str] | None], int]:
     def entry(argv: Sequence[str] | None = None) -> int:
-        help_text, add_arguments, run = _tools()[name]
-        parser = argparse.ArgumentParser(prog=f"cpio-{name}", description=help_text)
+        module = _tools([name])[name]
+        parser = argparse.ArgumentParser(prog=f"cpio-{name}", description=module.HELP)
         _common(parser)
-        add_arguments(parser)
-        parser.set_defaults(func=run)
+        module.add_arguments(parser)
+        parser.set_defaults(func=module.run)
         return _dispatch(parser, argv)
 
     return entry

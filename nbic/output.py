@@ -21,16 +21,14 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import secrets
 import signal
 import stat
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from nbic.cpio.archive import ArchiveStats, Member, write_archive
 from nbic.cpio.compress import (
     CompressionSpec,
     compressed_writer,
@@ -38,6 +36,9 @@ from nbic.cpio.compress import (
     parse_compression,
 )
 from nbic.errors import OutputClosed, OutputError
+
+if TYPE_CHECKING:
+    from nbic.cpio.archive import ArchiveStats, Member
 
 BUFFER = 1 << 20
 STDOUT = "standard output"
@@ -129,7 +130,7 @@ def atomic_output_at(dir_fd: int, name: str, mode: int = 0o644, *, where: str = 
 def _temporary(dir_fd: int, name: str, where: str) -> tuple[int, str]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     while True:
-        temp_name = f".{name}.{secrets.token_hex(4)}.tmp"
+        temp_name = f".{name}.{os.urandom(4).hex()}.tmp"
         try:
             return os.open(temp_name, flags, 0o600, dir_fd=dir_fd), temp_name
         except FileExistsError:
@@ -267,6 +268,9 @@ def write_image(path: str | Path, members: Iterable[Member], compression: Compre
                 epoch: int | None) -> tuple[ArchiveStats, int | None]:
     """Write members as one compressed newc image; returns the archive's stats and
     the image's size in bytes (None when not a regular file)."""
+    # Imported here: the cpio tools use this module's outputs, not its writer.
+    from nbic.cpio.archive import write_archive
+
     with atomic_output(path) as raw:
         with compressed_writer(raw, compression) as stream:
             stats = write_archive(stream, members, epoch=epoch)

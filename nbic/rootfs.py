@@ -111,10 +111,10 @@ def _file_chunks(path: str) -> Iterator[bytes]:
             while chunk := stream.read(CHUNK):
                 yield chunk
             return
-        source = DecompressedSource(ByteSource(stream, path), decompressor_for(method, head),
-                                    method.value)
-        while chunk := source.read_some(CHUNK):
-            yield chunk
+        with DecompressedSource(ByteSource(stream, path), decompressor_for(method, head),
+                                method.value) as source:
+            while chunk := source.read_some(CHUNK):
+                yield chunk
 
 
 def _directory_chunks(root: str) -> Iterator[bytes]:

@@ -470,14 +470,14 @@ class TarTree(Tree):
         self._stream.seek(0)
         outer = ByteSource(self._stream, self._label)
         head = outer.peek(8)
-        inner = DecompressedSource(outer, decompressor_for(self._method, head),
-                                   self._method.value)
-        chunks = iter(lambda: inner.read_some(CHUNK), b"")
-        members = _TarMembers(ChunkReader(chunks), seekable=False, decompressed=True)
-        try:
-            yield members
-        finally:
-            members.close()
+        with DecompressedSource(outer, decompressor_for(self._method, head),
+                                self._method.value) as inner:
+            chunks = iter(lambda: inner.read_some(CHUNK), b"")
+            members = _TarMembers(ChunkReader(chunks), seekable=False, decompressed=True)
+            try:
+                yield members
+            finally:
+                members.close()
 
     def _index(self, members: _TarMembers) -> dict[str, Entry]:
         entries: dict[str, Entry] = {}

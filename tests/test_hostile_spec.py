@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from cpio_helpers import archive, member, pattern, raw_archive, run_tool
 
-from nbic import tools
 from nbic.boot import BootConfig, BootOutcome, boot, format_result
 from nbic.cpio.entry import Entry, FileType, ancestors, sort_key
 from nbic.cpio.image import read_entries
 from nbic.cpio.spec import format_spec, parse_spec
 from nbic.devices import parse_device
 from nbic.errors import SpecError, UsageError
+from nbic.tools.diff import diff_images
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -94,7 +94,7 @@ def test_a_host_file_never_reaches_an_image_through_the_spec_round_trip(tmp_path
     rebuilt = tmp_path / "rebuilt.cpio"
     nbic("pack", "--spec", spec, "-o", rebuilt, env={"NBIC_ROOT": str(out)})
     assert b"HOST SECRET" not in rebuilt.read_bytes()
-    assert tools.diff_images(str(image), str(rebuilt)) == ["- lib/secret"]
+    assert diff_images(str(image), str(rebuilt)) == ["- lib/secret"]
 
     # A list as the old cpio-list wrote it: pack --spec follows no symlink below
     # ${NBIC_ROOT}, neither in the middle of the path nor at its end.
@@ -200,7 +200,7 @@ def test_names_with_dollar_brace_survive_the_round_trip(tmp_path, name):
     rebuilt = tmp_path / "rebuilt.cpio"
     nbic("pack", "--spec", spec, "-o", rebuilt,
          env={"NBIC_ROOT": str(out), "HOME": "/nonexistent", "y": "Y", "b": "B", "c": "C"})
-    assert tools.diff_images(str(image), str(rebuilt)) == []
+    assert diff_images(str(image), str(rebuilt)) == []
 
 
 def test_dev_values_that_must_be_refused(tmp_path):
@@ -311,7 +311,7 @@ def test_a_hardlink_line_comes_after_the_parents_of_all_its_names(tmp_path):
     nbic("pack", "--spec", spec, "--emit-spec", emitted, "-o", rebuilt,
          env={"NBIC_ROOT": str(out)})
     assert_parents_first(emitted.read_text())
-    assert tools.diff_images(str(image), str(rebuilt)) == []
+    assert diff_images(str(image), str(rebuilt)) == []
 
 
 # The /init of the boot tests: reads every name of the group and says, per name,

@@ -24,7 +24,7 @@ from nbic.boot import BootOutcome
 from nbic.build import BuildConfig, Built, build
 from nbic.cpio.image import read_entries
 from nbic.modules import module_name
-from nbic.tools import cat
+from nbic.tools.cat import cat
 
 REPO = Path(__file__).resolve().parent.parent
 ADDRESS = "10.0.2.15"  # what QEMU's user networking's DHCP gives the one guest

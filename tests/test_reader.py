@@ -32,7 +32,7 @@ from nbic.cpio.compress import Compression, CompressionSpec, compressed_writer
 from nbic.cpio.entry import Entry, FileType
 from nbic.cpio.image import ImageReader
 from nbic.errors import CompressionError, FormatError
-from nbic.tools import long_format
+from nbic.tools.listing import long_format
 
 # --- reading what GNU cpio and bsdtar write ------------------------------------------
 

@@ -26,13 +26,15 @@ from cpio_helpers import (
     walk,
 )
 
-from nbic import tools
 from nbic.cpio.archive import Member, write_archive
 from nbic.cpio.compress import Compression, CompressionSpec, compressed_writer
 from nbic.cpio.entry import Entry, FileType
 from nbic.cpio.image import read_entries
 from nbic.cpio.spec import parse_spec
 from nbic.errors import NbicError
+from nbic.tools.cat import cat
+from nbic.tools.diff import diff_images
+from nbic.tools.extract import ExtractResult, extract
 from nbic.usage import human_size
 
 
@@ -103,7 +105,7 @@ def test_extract_what_nbic_writes(tmp_path):
     ]
     image = write(tmp_path / "img", archive(members))
     out = tmp_path / "out"
-    tools.extract(image, str(out))
+    extract(image, str(out))
     assert os.lstat(out / "bin/a").st_ino == os.lstat(out / "bin/b").st_ino
     assert (out / "bin/b").read_bytes() == b"shared\n"
     assert stat.S_IMODE(os.lstat(out / "bin").st_mode) == 0o555
@@ -119,7 +121,7 @@ def test_extract_what_nbic_writes(tmp_path):
 
 
 def test_extract_skips_devices_when_not_root(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(tools.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     image = write(tmp_path / "img", archive([
         member("dev", FileType.DIR, perm=0o755),
         member("dev/sda", FileType.BLOCK, perm=0o660, rdevmajor=8),
@@ -129,7 +131,7 @@ def test_extract_skips_devices_when_not_root(tmp_path, monkeypatch, caplog):
     nbic_log.addHandler(caplog.handler)  # whether or not it propagates to the root
     try:
         with caplog.at_level(logging.WARNING, logger="nbic"):
-            assert tools.extract(image, str(tmp_path / "out")) == tools.ExtractResult(4, 2)
+            assert extract(image, str(tmp_path / "out")) == ExtractResult(4, 2)
     finally:
         nbic_log.removeHandler(caplog.handler)
     assert not os.path.lexists(tmp_path / "out/dev/sda")
@@ -153,7 +155,7 @@ def _hardlink_pair(data_on: str, ino: int = 7) -> list[tuple[Entry, bytes]]:
 def test_extract_hardlink_data_on_any_name(tmp_path, data_on):
     image = write(tmp_path / "img", raw_archive(_hardlink_pair(data_on)))
     out = tmp_path / "out"
-    tools.extract(image, str(out))
+    extract(image, str(out))
     assert (out / "a").read_bytes() == (out / "sub/b").read_bytes() == b"data"
     assert os.lstat(out / "a").st_ino == os.lstat(out / "sub/b").st_ino
     assert os.lstat(out / "a").st_nlink == 2
@@ -175,7 +177,7 @@ def test_extract_later_entries_replace_earlier(tmp_path):
     ])
     image = write(tmp_path / "img", first + gzip(second))
     out = tmp_path / "out"
-    tools.extract(image, str(out))
+    extract(image, str(out))
     assert os.readlink(out / "f") == "elsewhere"
     assert (out / "d/inner").read_bytes() == b"i"
     assert stat.S_IMODE(os.lstat(out / "d").st_mode) == 0o700
@@ -201,7 +203,7 @@ def test_extract_root_entry_and_dot_slash_names(tmp_path):
         (Entry("./etc/motd", FileType.FILE, size=2, ino=3), b"hi"),
         (Entry("implicit/parent/file", FileType.FILE, size=1, ino=4), b"p")]))
     out = tmp_path / "out"
-    tools.extract(image, str(out))
+    extract(image, str(out))
     assert (out / "etc/motd").read_bytes() == b"hi"
     assert (out / "implicit/parent/file").read_bytes() == b"p"
     assert stat.S_IMODE(os.lstat(out).st_mode) == 0o750
@@ -254,7 +256,7 @@ def test_extract_refuses_unsafe_names(tmp_path, case):
     entries, forbidden = _unsafe_cases(tmp_path)[case]
     image = write(tmp_path / "img", raw_archive(entries))
     target = tmp_path / "target"
-    assert tools.extract(image, str(target)) == tools.ExtractResult(len(entries), 1)
+    assert extract(image, str(target)) == ExtractResult(len(entries), 1)
     for path in forbidden:
         assert not os.path.lexists(path), path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img", "somewhere", "target"]
@@ -279,7 +281,7 @@ def test_extract_never_writes_through_a_symlink_it_replaces(tmp_path):
         (Entry("v", FileType.SYMLINK, linkname=str(victim), perm=0o777), b""),
         (Entry("v", FileType.FILE, size=5, perm=0o644), b"owned")]))
     out = tmp_path / "out"
-    tools.extract(image, str(out))
+    extract(image, str(out))
     assert victim.read_bytes() == b"precious"
     assert (out / "v").read_bytes() == b"owned" and not (out / "v").is_symlink()
 
@@ -292,7 +294,7 @@ def test_extract_hardlink_never_targets_a_symlink(tmp_path):
         (Entry("a", FileType.SYMLINK, linkname=str(victim), perm=0o777, ino=10), b""),
         (Entry("b", FileType.FILE, nlink=2, ino=9, size=5), b"owned")]))
     out = tmp_path / "out"
-    tools.extract(image, str(out))
+    extract(image, str(out))
     assert victim.read_bytes() == b"precious"
     assert (out / "b").read_bytes() == b"owned"
     assert os.readlink(out / "a") == str(victim)
@@ -305,7 +307,7 @@ def test_extract_refuses_a_symlink_already_in_the_target(tmp_path):
     os.symlink(tmp_path / "somewhere", target / "evil")
     image = write(tmp_path / "img", raw_archive([(Entry("evil/x", FileType.FILE, size=1),
                                                   b"x")]))
-    assert tools.extract(image, str(target)).skipped == 1
+    assert extract(image, str(target)).skipped == 1
     assert not (tmp_path / "somewhere" / "x").exists()
 
 
@@ -386,7 +388,7 @@ def test_extract_then_spec_rebuilds_the_image(tmp_path):
     run_tool("extract", image, str(out))
     spec = run_tool("list", "--spec", image).stdout.decode()
     rebuilt = write(tmp_path / "rebuilt.img", _rebuild_from_spec(spec, out))
-    assert tools.diff_images(image, rebuilt) == []
+    assert diff_images(image, rebuilt) == []
 
 
 def test_extract_then_nbic_pack_spec_rebuilds_the_image(tmp_path):
@@ -400,7 +402,7 @@ def test_extract_then_nbic_pack_spec_rebuilds_the_image(tmp_path):
                              "-o", str(rebuilt)], capture_output=True, text=True,
                             env={**os.environ, "NBIC_ROOT": str(out)})
     assert result.returncode == 0, result.stderr
-    assert tools.diff_images(image, str(rebuilt)) == []
+    assert diff_images(image, str(rebuilt)) == []
 
 
 def test_gnu_cpio_tree_round_trip_through_nbic_pack(tmp_path):
@@ -420,7 +422,7 @@ def test_gnu_cpio_tree_round_trip_through_nbic_pack(tmp_path):
                              "-o", str(rebuilt)], capture_output=True, text=True,
                             env={**os.environ, "NBIC_ROOT": str(out)})
     assert result.returncode == 0, result.stderr
-    assert tools.diff_images(image, str(rebuilt)) == []
+    assert diff_images(image, str(rebuilt)) == []
 
 
 # --- diff --------------------------------------------------------------------------
@@ -494,7 +496,7 @@ def test_diff_size_change(tmp_path):
     base = _base_members()
     a = write(tmp_path / "a", archive(base))
     b = write(tmp_path / "b", archive(_changed(base, d_file={"data": b"hello world\n"})))
-    assert tools.diff_images(a, b) == ["~ d/file: size 6 -> 12"]
+    assert diff_images(a, b) == ["~ d/file: size 6 -> 12"]
 
 
 def test_diff_resolves_hardlink_data(tmp_path):
@@ -505,7 +507,7 @@ def test_diff_resolves_hardlink_data(tmp_path):
         (Entry("sub", FileType.DIR, perm=0o755, ino=1), b""),
         (Entry("a", FileType.FILE, size=4, ino=2), b"data"),
         (Entry("sub/b", FileType.FILE, size=4, ino=3), b"DATA")]))
-    assert tools.diff_images(a, c) == ["~ sub/b: content"]
+    assert diff_images(a, c) == ["~ sub/b: content"]
 
 
 def test_diff_last_occurrence_wins(tmp_path):
@@ -513,8 +515,8 @@ def test_diff_last_occurrence_wins(tmp_path):
     new = archive([member("f", data=b"two"), member("h", FileType.DIR, perm=0o700)])
     a = write(tmp_path / "a", old)
     ab = write(tmp_path / "ab", old + gzip(new))
-    assert tools.diff_images(a, ab) == ["~ f: content", "+ h"]
-    assert tools.diff_images(ab, ab) == []
+    assert diff_images(a, ab) == ["~ f: content", "+ h"]
+    assert diff_images(ab, ab) == []
 
 
 def test_diff_from_stdin(tmp_path):
@@ -634,7 +636,7 @@ def test_cat(tmp_path, path, content):
     image = write(tmp_path / "img", _cat_image())
     assert run_tool("cat", image, path).stdout == content
     out = io.BytesIO()
-    assert tools.cat(image, path, out) == len(content)
+    assert cat(image, path, out) == len(content)
     assert out.getvalue() == content
 
 
@@ -651,7 +653,7 @@ def test_cat_from_stdin(tmp_path):
 def test_cat_errors(tmp_path, path, message):
     image = write(tmp_path / "img", _cat_image())
     with pytest.raises(NbicError, match=message):
-        tools.cat(image, path, io.BytesIO())
+        cat(image, path, io.BytesIO())
     result = run_tool("cat", image, path, check=1)
     assert result.stdout == b""
     lines = result.stderr.decode().splitlines()

@@ -55,7 +55,7 @@ from nbic.cpio.entry import Entry, FileType
 from nbic.cpio.image import read_entries
 from nbic.errors import NbicError
 from nbic.selection import Verify
-from nbic.tools import extract
+from nbic.tools.extract import extract
 from nbic.tree import DirTree, Tree
 
 REPLAY_ROOT = "/nbic-replay"  # a fresh tmpfs per replay of `run --verify`

@@ -15,12 +15,14 @@ import struct
 import zlib
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from nbic.errors import CompressionError, UsageError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 
 class Compression(enum.Enum):
@@ -168,6 +170,9 @@ class _BlockWriter:
         self._out = out
         self._codec = codec
         self._block_size = block_size
+        # Imported here: readers never need it, and it costs a listing's start-up.
+        from concurrent.futures import ThreadPoolExecutor
+
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="nbic-compress") \
             if workers > 1 else None
         self._limit = 2 * workers

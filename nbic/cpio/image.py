@@ -80,9 +80,10 @@ class ImageReader:
                                   f"(starts {head[:6].hex()}) at {outer.location(outer.offset)}",
                                   outer.offset)
             start = outer.offset
-            inner = DecompressedSource(outer, decompressor_for(method, head), method.value)
-            yield from self._archives(inner, method, start, single=False)
-            self._expansion += inner.offset - (outer.offset - start)
+            with DecompressedSource(outer, decompressor_for(method, head),
+                                    method.value) as inner:
+                yield from self._archives(inner, method, start, single=False)
+                self._expansion += inner.offset - (outer.offset - start)
         if not self.segments:
             raise FormatError(f"{self._source.name} holds no cpio archive", 0)
 

@@ -50,6 +50,7 @@ def _header(entry: Entry, ino: int, nlink: int, mtime: int, size: int, devmajor:
 _FIELD_NAMES = ("inode", "mode", "uid", "gid", "nlink", "mtime", "size", "devmajor",
                 "devminor", "rdevmajor", "rdevminor", "namesize", "check")
 _PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")  # by offset % 4
+_FILE_TYPES = {int(kind): kind for kind in FileType}  # by mode & S_IFMT
 WRITE_BUFFER = 1 << 20
 
 
@@ -160,12 +161,9 @@ class ArchiveReader:
         self._data_end_pad = 0
 
     def _finish_entry(self) -> None:
-        if self._remaining:
-            self._source.skip(self._remaining, "cpio file data")
-        self._remaining = 0
-        if self._data_end_pad:
-            self._source.skip(self._data_end_pad, "cpio padding")
-            self._data_end_pad = 0
+        if self._remaining or self._data_end_pad:
+            self._source.skip(self._remaining + self._data_end_pad, "cpio file data")
+            self._remaining = self._data_end_pad = 0
 
     def read(self, size: int = -1) -> bytes:
         """Read the current entry's data (all of what is left when size < 0)."""
@@ -209,16 +207,15 @@ class ArchiveReader:
             if not 1 <= namesize <= PATH_MAX + 1:
                 raise FormatError(f"absurd cpio namesize {namesize} at "
                                   f"{source.location(offset)}", offset)
-            raw_name = source.read_exact(namesize, "cpio name")
+            # The name and its padding in one read: the header began 4-aligned.
+            raw_name = source.read_exact(namesize + _pad(HEADER_SIZE + namesize), "cpio name")
             name = decode_name(raw_name.split(b"\0", 1)[0])
-            source.skip(_pad(source.offset - self._start), "cpio name padding")
             if name == TRAILER:
                 return
-            try:
-                file_type = FileType.from_mode(mode)
-            except ValueError:
+            file_type = _FILE_TYPES.get(mode & 0o170000)
+            if file_type is None:
                 raise FormatError(f"unknown file type in mode {mode:o} of {name!r} at "
-                                  f"{source.location(offset)}", offset) from None
+                                  f"{source.location(offset)}", offset)
             self._remaining = size
             linkname = ""
             if file_type is FileType.SYMLINK:

@@ -6,14 +6,23 @@ and skip data by seeking when the underlying file allows it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import queue
+import threading
+import weakref
 from collections.abc import Iterator
 from typing import BinaryIO, Protocol
 
 from nbic.errors import CompressionError, FormatError, NbicError
 
 CHUNK = 1 << 20
+# After a seek past file data the next header is all that is sure to be read,
+# so reads start small there and double while reading stays sequential (as the
+# kernel's readahead does): listing a large image then reads little beyond its
+# headers.
+SEEK_READAHEAD = 16 << 10
 
 
 class ByteSource:
@@ -27,6 +36,7 @@ class ByteSource:
         self._consumed = 0  # bytes taken out of the buffer so far
         self._eof = False
         self._size = self._regular_file_size(raw)
+        self._readahead = CHUNK
 
     @staticmethod
     def _regular_file_size(raw: BinaryIO) -> int | None:
@@ -60,7 +70,8 @@ class ByteSource:
             if self._pos and self._pos >= len(self._buf) // 2:
                 del self._buf[: self._pos]
                 self._pos = 0
-            chunk = self._read_raw(max(CHUNK, need - self._available()))
+            chunk = self._read_raw(max(self._readahead, need - self._available()))
+            self._readahead = min(CHUNK, self._readahead * 2)
             if not chunk:
                 self._eof = True
             else:
@@ -79,6 +90,12 @@ class ByteSource:
         return data
 
     def read_exact(self, size: int, what: str) -> bytes:
+        pos = self._pos
+        end = pos + size
+        if end <= len(self._buf):  # the common case, kept short: the reader's hot path
+            self._pos = end
+            self._consumed += size
+            return bytes(self._buf[pos:end])
         start = self.offset
         data = self.read(size)
         if len(data) != size:
@@ -104,6 +121,10 @@ class ByteSource:
         self._consumed -= len(data)
 
     def skip(self, size: int, what: str) -> None:
+        if self._pos + size <= len(self._buf):  # within the buffer: the hot path
+            self._pos += size
+            self._consumed += size
+            return
         start = self.offset
         buffered = min(size, self._available())
         self._pos += buffered
@@ -115,6 +136,7 @@ class ByteSource:
                 raise FormatError(f"truncated {what} at {self.location(start)}", start)
             self._raw.seek(remaining, io.SEEK_CUR)
             self._consumed += remaining
+            self._readahead = SEEK_READAHEAD
             return
         # The buffer is empty now: drop whole chunks without copying them.
         while remaining:
@@ -163,24 +185,18 @@ class Decompressor(Protocol):
     def decompress(self, data: bytes, max_length: int) -> bytes: ...
 
 
-class DecompressedSource(ByteSource):
-    """The decompressed bytes of exactly one compressed stream inside `outer`,
-    decoded a chunk at a time as they are read: memory does not grow with the
-    decompressed size."""
+class _Decoder:
+    """Decodes one compressed stream from `outer`, a chunk of at most CHUNK bytes
+    per call; b"" at its end, where what it read past the stream goes back."""
 
-    def __init__(self, outer: ByteSource, decompressor: Decompressor, method: str):
+    def __init__(self, outer: ByteSource, decompressor: Decompressor, method: str, name: str):
         self._outer = outer
         self._decompressor = decompressor
-        self.method = method
-        self.start = outer.offset
-        name = f"the {method} segment at {outer.location(outer.offset)}"
-        super().__init__(io.BytesIO(), name=name)
-        self._size = None
+        self._method = method
+        self._name = name
+        self._start = outer.offset
 
-    def location(self, offset: int) -> str:
-        return f"decompressed byte {offset} of {self.name}"
-
-    def _read_raw(self, size: int) -> bytes:
+    def __call__(self) -> bytes:
         decompressor = self._decompressor
         while not decompressor.eof:
             compressed = b""
@@ -191,18 +207,92 @@ class DecompressedSource(ByteSource):
                     end_of_input = getattr(decompressor, "end_of_input", None)
                     if end_of_input is None:
                         raise CompressionError(
-                            f"truncated {self.method} data in {self.name}", self.start)
+                            f"truncated {self._method} data in {self._name}", self._start)
                     return end_of_input()
             try:
                 out = decompressor.decompress(compressed, CHUNK)
             except Exception as exc:  # every codec has its own error type
                 raise CompressionError(
-                    f"corrupt {self.method} data in {self.name}: {exc}", self.start) from exc
+                    f"corrupt {self._method} data in {self._name}: {exc}", self._start) from exc
             if decompressor.eof:
                 self._outer.unread(decompressor.unused_data)
             if out:
                 return out
         return b""
+
+
+class _DecodeAhead:
+    """Runs a _Decoder in a thread, at most PREFETCH chunks ahead of the reader:
+    the codecs release the GIL, so decoding overlaps parsing (as `zstd -dc | cpio`
+    overlaps them in two processes) and memory stays bounded. Holds no reference
+    to its source, so a source dropped unread still stops it (see `stop`)."""
+
+    PREFETCH = 4
+
+    def __init__(self, decode: _Decoder):
+        self._chunks: queue.Queue[bytes | BaseException] = queue.Queue(self.PREFETCH)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(decode,),
+                                        name="nbic-decompress", daemon=True)
+        self._thread.start()
+
+    def _run(self, decode: _Decoder) -> None:
+        try:
+            while not self._stopped.is_set():
+                chunk = decode()
+                self._chunks.put(chunk)
+                if not chunk:
+                    return
+        except BaseException as exc:  # raised again on the reading side
+            self._chunks.put(exc)
+
+    def next(self) -> bytes:
+        item = self._chunks.get()
+        if isinstance(item, BaseException):
+            self._chunks.put(item)  # every later read fails the same way
+            raise item
+        if not item:
+            self._chunks.put(item)  # and every later read sees the end
+        return item
+
+    def stop(self) -> None:
+        """Stop decoding and wait for the thread: the outer stream is the caller's
+        again. The queue is drained so a blocked put returns and sees the stop."""
+        self._stopped.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self._chunks.get(timeout=0.05)
+        self._thread.join()
+
+
+class DecompressedSource(ByteSource):
+    """The decompressed bytes of exactly one compressed stream inside `outer`,
+    decoded a chunk at a time, ahead of the reader in a thread. The outer source
+    is the decoder's until this one is read to its end or closed."""
+
+    def __init__(self, outer: ByteSource, decompressor: Decompressor, method: str):
+        self.method = method
+        self.start = outer.offset
+        name = f"the {method} segment at {outer.location(outer.offset)}"
+        super().__init__(io.BytesIO(), name=name)
+        self._size = None
+        self._ahead = _DecodeAhead(_Decoder(outer, decompressor, method, name))
+        self._finalizer = weakref.finalize(self, self._ahead.stop)
+
+    def location(self, offset: int) -> str:
+        return f"decompressed byte {offset} of {self.name}"
+
+    def _read_raw(self, size: int) -> bytes:
+        return self._ahead.next()
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def __enter__(self) -> DecompressedSource:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class ChunkReader(io.RawIOBase):
