@@ -20,7 +20,6 @@ import os
 import socket
 import tarfile
 import tempfile
-import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -31,8 +30,8 @@ if TYPE_CHECKING:
     import docker
 
 from nbic.cache import user_cache
-from nbic.cpio.source import ChunkReader
 from nbic.errors import NbicError
+from nbic.tarstream import tar_members
 
 log = logging.getLogger("nbic")
 
@@ -477,11 +476,8 @@ def fetch_tree(created: Any, path: str
     each member's data readable until the next is taken."""
     with docker_errors(f"fetching {path} from a container"):
         chunks = _archive(created, path)
-    stream = io.BufferedReader(ChunkReader(_translated(chunks)), 1 << 20)
-    with tarfile.open(fileobj=stream, mode="r|", encoding="utf-8",
-                      errors="surrogateescape") as archive:
-        yield ((info, typing.cast(BinaryIO, archive.extractfile(info)) if info.isreg() else None)
-               for info in archive)
+    with tar_members(_translated(chunks)) as members:
+        yield members
 
 
 @contextmanager

@@ -14,7 +14,9 @@ import argparse
 import logging
 import posixpath
 import sys
-from contextlib import ExitStack
+import tarfile
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -30,6 +32,9 @@ from nbic.agent.protocol import (
     REPORT_FILE,
     RESULT_FILE,
     SCRIPT,
+    Frame,
+    FrameError,
+    FrameReader,
     Request,
     Result,
     Session,
@@ -48,6 +53,7 @@ from nbic.output import (
     signals_interrupt,
 )
 from nbic.selection import Selection, Verify
+from nbic.tarstream import tar_members
 from nbic.usage import size_report
 from nbic.verify import VerifyError, describe_failed_replay
 
@@ -136,12 +142,13 @@ def compile_session(config: RunConfig) -> RunResult:
                 engine.put_files(created, INPUT_DIR, inputs)
             if interactive:
                 terminal.interact(created)
+                outcome = _collect(created, config, engine.fetch_tree(created, OUTPUT_DIR))
             else:
                 engine.start(created, "starting the session")
-                _relay(created)
-            # The output ended with the agent: its result says how it went, so
-            # the engine is asked to wait only when there is none.
-            outcome = _collect(created, config)
+                result_tar = _framed_output(created)
+                outcome = _collect(created, config, tar_members(result_tar))
+                for _ in result_tar:  # what is left after the tar, relayed
+                    pass
     result = outcome.result
     log.info("wrote %s: %d entries from %d traced paths (%s tracer), %d bytes, %s bytes as %s",
              config.output, result.entries, result.traced, result.tracer, outcome.raw_bytes,
@@ -158,7 +165,33 @@ def compile_session(config: RunConfig) -> RunResult:
     return outcome
 
 
-def _collect(created: Any, config: RunConfig) -> RunResult:
+def _framed_output(created: Any) -> Iterator[bytes]:
+    """The tar of OUTPUT_DIR from the agent's framed standard output (see
+    protocol.Frame), up to its end mark; the session's output is relayed on the
+    way, and the agent's standard error as it is."""
+    frames = FrameReader()
+    try:
+        for out, err in engine.output(created):
+            if err:
+                sys.stderr.buffer.write(err)
+                sys.stderr.buffer.flush()
+            for kind, payload in frames.feed(out or b""):
+                if kind is Frame.STDOUT:
+                    sys.stdout.buffer.write(payload)
+                    sys.stdout.buffer.flush()
+                elif kind is Frame.RESULT:
+                    yield payload
+                else:  # the end: the agent has nothing more to say
+                    return
+    except FrameError as exc:
+        raise SessionError(f"the session agent's output is garbled: {exc}") from None
+    if frames.partial:
+        raise SessionError("the session agent's output broke off inside a frame")
+
+
+def _collect(created: Any, config: RunConfig,
+             tree: AbstractContextManager[Iterator[tuple[tarfile.TarInfo, BinaryIO | None]]]
+             ) -> RunResult:
     """One archive of OUTPUT_DIR: the result, the report, the image and, when
     asked for, the kernel. The image is compressed into the output as it
     streams; the outputs are kept only if the result says so."""
@@ -166,7 +199,10 @@ def _collect(created: Any, config: RunConfig) -> RunResult:
     raw_bytes = 0
     image_bytes: int | None = None
     with ExitStack() as stack:
-        members = stack.enter_context(engine.fetch_tree(created, OUTPUT_DIR))
+        try:
+            members = stack.enter_context(tree)
+        except tarfile.ReadError:  # nothing came: the agent died before its result
+            members = iter(())
         for info, data in members:
             if data is None:
                 continue
@@ -223,16 +259,6 @@ def _judge_replays(result: Result) -> None:
                  len(result.replays), "" if len(result.replays) == 1 else "s")
         return
     raise VerifyError(describe_failed_replay(last) + "\nthe image was not written")
-
-
-def _relay(created: Any) -> None:
-    for out, err in engine.output(created):
-        if out:
-            sys.stdout.buffer.write(out)
-            sys.stdout.buffer.flush()
-        if err:
-            sys.stderr.buffer.write(err)
-            sys.stderr.buffer.flush()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,14 +8,18 @@ names as links to it.
 
 from __future__ import annotations
 
+import io
 import math
 import tarfile
-from collections.abc import Iterable
+import typing
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import BinaryIO
 
 from nbic.cpio.archive import Member
 from nbic.cpio.entry import Entry, FileType
+from nbic.cpio.source import ChunkReader
 from nbic.errors import FormatError
 
 _TAR_TYPES = {FileType.FILE: tarfile.REGTYPE, FileType.DIR: tarfile.DIRTYPE,
@@ -80,3 +84,15 @@ def entry_from_tarinfo(name: str, info: tarfile.TarInfo) -> Entry | None:
     if info.isfifo():
         return replace(base, type=FileType.FIFO)
     return None
+
+
+@contextmanager
+def tar_members(chunks: Iterable[bytes]
+                ) -> Iterator[Iterator[tuple[tarfile.TarInfo, BinaryIO | None]]]:
+    """The members of a tar stream given in chunks: (member, data) pairs, each
+    member's data readable until the next is taken."""
+    stream = io.BufferedReader(ChunkReader(iter(chunks)), 1 << 20)
+    with tarfile.open(fileobj=stream, mode="r|", encoding="utf-8",
+                      errors="surrogateescape") as archive:
+        yield ((info, typing.cast(BinaryIO, archive.extractfile(info)) if info.isreg() else None)
+               for info in archive)

@@ -192,6 +192,31 @@ def test_a_package_installed_in_the_session_is_in_the_image(docker_engine, quick
     assert ".nbic" not in entries and "usr/bin/tr" not in entries
 
 
+def test_session_output_arrives_byte_for_byte_and_a_daemon_does_not_hold_the_run(
+        docker_engine, rootfs_tar, tmp_path):
+    # Binary, larger than a frame, on both streams; then a daemon keeps the
+    # session's standard output open after the main program exits.
+    script = tmp_path / "out.sh"
+    script.write_text("#!/bin/sh\n"
+                      "head -c 300000 /usr/bin/dash\n"
+                      "printf 'to stderr\\n' >&2\n"
+                      "sleep 600 &\n"
+                      "printf 'last line\\n'\n")
+    image = tmp_path / "out.cpio"
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "nbic.cli", "-q", "run", "--rootfs",
+                             rootfs_tar, "--script", script, "-o", image, "--init",
+                             "/usr/bin/true"], cwd=REPO, capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 60  # not the daemon's 600 s
+    with tarfile.open(rootfs_tar) as archive:
+        member = next(m for m in archive if m.name.lstrip("./") == "usr/bin/dash")
+        expected = archive.extractfile(member).read()[:300000]
+    assert result.stdout == expected + b"last line\n"
+    assert result.stderr == b"to stderr\n"
+    assert "usr/bin/head" in names(image)
+
+
 def test_directory_and_docker_image_sources(docker_engine, rootfs_dir, tmp_path):
     from_image = tmp_path / "image.cpio"
     result = nbic("run", "--rootfs", f"docker:{ROOTFS_IMAGE}", "-o", from_image)

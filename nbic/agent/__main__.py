@@ -17,6 +17,7 @@ import shutil
 import sys
 import time
 import traceback
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 
 from nbic import modules, serial
@@ -47,6 +48,7 @@ from nbic.agent.protocol import (
     Task,
     spec_input,
 )
+from nbic.agent.relay import Frames, session_output
 from nbic.agent.rootfs_index import INDEX_FILE, merged_tree, write_index
 from nbic.agent.trace import Trace, trace_session
 from nbic.closure import ImagePlan, SessionInit, Wanted, plan
@@ -108,7 +110,13 @@ def _session_argv(request: Request) -> list[str]:
     return ["/bin/sh"]
 
 
-def session_task(request: Request, clock: _Clock) -> Result:
+def _output_of(frames: Frames | None) -> AbstractContextManager[None]:
+    """Where a traced run's standard output goes: frames when the host reads
+    them, else the container's standard output (a terminal's)."""
+    return session_output(frames) if frames else nullcontext()
+
+
+def session_task(request: Request, clock: _Clock, frames: Frames | None) -> Result:
     _require_ready(CACHE)
     mounts.overlay(CACHE_ROOTFS, ROOTFS, SESSION_DIR)
     mounts.session_mounts(ROOTFS)
@@ -118,8 +126,9 @@ def session_task(request: Request, clock: _Clock) -> Result:
     prepared = _written()  # what the agent itself wrote (mount points, resolv.conf)
     clock.lap("setup")
     env = chroot.session_environment("xterm" if session.interactive else "vt100")
-    trace, tree = trace_session(ROOTFS, _session_argv(request), env, session.tracer,
-                                _session_tree)
+    with _output_of(frames):
+        trace, tree = trace_session(ROOTFS, _session_argv(request), env, session.tracer,
+                                    _session_tree)
     clock.lap("session")
 
     selection = request.selection
@@ -156,7 +165,8 @@ def session_task(request: Request, clock: _Clock) -> Result:
             # directory and looks no further) names nothing: what the check uses
             # in the rootfs does.
             checked_in_rootfs = True
-            check_trace, tree = _trace_check(session)
+            with _output_of(frames):
+                check_trace, tree = _trace_check(session)
             added += [(path, "verify --fix: " + _traced_reason(call, program).replace(
                 "traced: ", "the check in the rootfs: "))
                 for path, (call, program) in sorted(check_trace.uses.items())]
@@ -344,11 +354,14 @@ def main(argv: list[str]) -> int:
     logger.propagate = False
     request = serial.loads(Request, argv[1])
     os.makedirs(OUTPUT_DIR, exist_ok=True)
+    # A session without a terminal sends its output and OUTPUT_DIR in frames.
+    frames = Frames(os.dup(1)) if request.task is Task.SESSION and \
+        not request.session.interactive else None
     clock = _Clock()
     try:
         match request.task:
             case Task.SESSION:
-                result = session_task(request, clock)
+                result = session_task(request, clock, frames)
             case Task.INDEX:
                 result = index_task()
             case Task.IMPORT_IMAGE:
@@ -363,6 +376,8 @@ def main(argv: list[str]) -> int:
                      warnings=tuple(collector.warnings), seconds=clock.seconds)
     with open(f"{OUTPUT_DIR}/{RESULT_FILE}", "w", encoding="utf-8") as out:
         out.write(serial.dumps(result))
+    if frames:
+        frames.send_tree(OUTPUT_DIR)
     return 0 if result.ok else 2
 
 

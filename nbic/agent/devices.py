@@ -14,6 +14,7 @@ import os
 import stat
 import struct
 
+from nbic.agent.syscalls import close_in_background
 from nbic.cpio.entry import FileType
 from nbic.devices import DeviceNode
 
@@ -60,7 +61,7 @@ class DeviceWatch:
         return sorted(set(names))
 
     def close(self) -> None:
-        os.close(self._fd)
+        close_in_background(self._fd)
 
 
 def _device_names(dev: str) -> list[str]:

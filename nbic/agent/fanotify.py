@@ -16,7 +16,7 @@ import select
 import struct
 import threading
 
-from nbic.agent.syscalls import fanotify_init, fanotify_mark
+from nbic.agent.syscalls import close_in_background, fanotify_init, fanotify_mark
 from nbic.errors import NbicError
 
 FAN_CLASS_NOTIF = 0x0
@@ -159,7 +159,7 @@ class FanotifyTracer:
         except (OSError, TraceError) as exc:
             self.error = self.error or str(exc)
         finally:
-            os.close(self._fd)
+            close_in_background(self._fd)
         if self.error:
             raise TraceError(self.error)
         return self.uses

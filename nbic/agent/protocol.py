@@ -7,6 +7,8 @@ as JSON through nbic.serial.
 from __future__ import annotations
 
 import enum
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from nbic.selection import Selection
@@ -20,11 +22,11 @@ IMPORT_DIR = "/import"  # a volume being imported into (read-write)
 SESSION_DIR = "/nbic-session"  # a tmpfs: overlay upper and work dirs, the replay root
 ROOTFS = "/rootfs"  # the session's merged view; chroot target
 INPUT_DIR = "/nbic-in"  # files the host put in before start
-OUTPUT_DIR = "/nbic-out"  # what the host fetches after the agent exits
+OUTPUT_DIR = "/nbic-out"  # what the agent sends the host when it is done
 SCRIPT = "script"  # the session's --script, in INPUT_DIR
 CHECK = "check"  # the verify check, in INPUT_DIR
 IMAGE_INPUT = "image.cpio"  # `nbic verify`: the image to import, uncompressed, in INPUT_DIR
-# In OUTPUT_DIR, fetched in one archive: the result always, the rest on success.
+# In OUTPUT_DIR, sent in one tar archive: the result always, the rest on success.
 RESULT_FILE = "result.json"
 REPORT_FILE = "report.json"
 IMAGE_FILE = "image.cpio"
@@ -34,6 +36,54 @@ KERNEL_FILE = "vmlinuz"  # with Request.kernel: the kernel of the modules' relea
 def spec_input(index: int) -> str:
     """Where the host puts the index-th file a spec list reads (Selection.spec_locations)."""
     return f"{INPUT_DIR}/spec/{index}"
+
+
+# A session without a terminal sends everything on its standard output, in
+# frames: the session's own output and, at the end, the tar of OUTPUT_DIR. One
+# stream, so the host needs no archive round trip to the engine after the run.
+# (A session on a terminal cannot: the host fetches OUTPUT_DIR instead.)
+class Frame(enum.Enum):
+    STDOUT = b"o"  # the session's standard output
+    RESULT = b"r"  # a piece of the tar of OUTPUT_DIR
+    END = b"e"  # the tar is complete
+
+
+FRAME_HEADER = struct.Struct(">cI")  # kind, payload length
+FRAME_MAX = 1 << 16  # payload bytes at most
+
+
+class FrameError(ValueError):
+    """The agent's standard output is not a stream of frames."""
+
+
+class FrameReader:
+    """Splits the agent's standard output, as it arrives in chunks, into frames."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> Iterator[tuple[Frame, bytes]]:
+        self._buffer += data
+        start = 0
+        while len(self._buffer) - start >= FRAME_HEADER.size:
+            kind, size = FRAME_HEADER.unpack_from(self._buffer, start)
+            if size > FRAME_MAX:
+                raise FrameError(f"a {size}-byte frame (at most {FRAME_MAX})")
+            try:
+                frame = Frame(kind)
+            except ValueError:
+                raise FrameError(f"a frame of unknown kind {kind!r}") from None
+            end = start + FRAME_HEADER.size + size
+            if end > len(self._buffer):
+                break
+            yield frame, bytes(self._buffer[start + FRAME_HEADER.size:end])
+            start = end
+        del self._buffer[:start]
+
+    @property
+    def partial(self) -> bool:
+        """Whether a frame has begun and not ended."""
+        return bool(self._buffer)
 
 
 class Task(enum.Enum):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
@@ -47,3 +48,10 @@ def fanotify_init(flags: int, event_flags: int) -> int:
 
 def fanotify_mark(fd: int, flags: int, mask: int, dirfd: int, path: str | None) -> None:
     _check(_libc.fanotify_mark(fd, flags, mask, dirfd, _bytes(path)), "fanotify_mark")
+
+
+def close_in_background(fd: int) -> None:
+    """Close a notification descriptor (inotify, fanotify) on a thread of its own:
+    the close waits for the kernel to tear its marks down (an RCU grace period,
+    10-20 ms here), which the session's result need not wait for."""
+    threading.Thread(target=os.close, args=(fd,), name="close", daemon=True).start()
