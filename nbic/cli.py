@@ -79,11 +79,24 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if getattr(args, "debug", False) else (
         logging.ERROR if getattr(args, "quiet", False) else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(_Formatter())
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is when a record comes, not as it was when the
+    handler was made (as logging's last-resort handler does): a server thread
+    may log after the stream of an earlier in-process run is gone."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):
+        return sys.stderr
 
 
 class _Formatter(logging.Formatter):
