@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
+from nbic import progress
 from nbic import selection as selections
 from nbic.closure import ImagePlan, Origin, plan
-from nbic.cpio.archive import ArchiveStats, order
+from nbic.cpio.archive import ArchiveStats, Member, order
 from nbic.cpio.compress import CompressionSpec
+from nbic.cpio.entry import FileType
 from nbic.cpio.spec import format_spec
 from nbic.errors import UsageError
 from nbic.output import (
@@ -88,11 +92,24 @@ def pack(config: PackConfig) -> PackResult:
         tree.prefetch(data.path for data in image.data.values() if data.origin is Origin.TREE)
         compression = config.compression
         assert compression is not None
-        stats, size = write_image(config.output, image.members(tree), compression,
-                                  epoch=selection.epoch)
+        members = image.members(tree)
+        total = sum(member.entry.size for member in members
+                    if member.entry.type is FileType.FILE)
+        with progress.bar(f"writing {os.path.basename(config.output)}", total) as advance:
+            stats, size = write_image(config.output, _counted(members, advance), compression,
+                                      epoch=selection.epoch)
     log.info("wrote %s: %d entries, %d bytes of file data, %s bytes as %s", config.output,
              stats.entries, stats.data_bytes, size if size is not None else "?", compression)
     return PackResult(config.output, stats, size, compression)
+
+
+def _counted(members: list[Member], advance: progress.Advance) -> Iterator[Member]:
+    """The members, each one's file data counted once it is written (when the
+    next is asked for)."""
+    for member in members:
+        yield member
+        if member.entry.type is FileType.FILE:
+            advance(member.entry.size)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

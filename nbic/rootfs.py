@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from nbic import engine, serial
+from nbic import engine, progress, serial
 from nbic.agent.protocol import IMPORT_DIR, READY_MARK, Request, Task
 from nbic.cache import user_cache
 from nbic.cpio.archive import Member, order
@@ -320,7 +320,8 @@ def _import(client, source: RootfsSource, builder: str, volume: str) -> None:
                   f"debootstrap --variant=minbase {source.location} {IMPORT_DIR}/rootfs "
                   f"{source.mirror} && {index} && touch {IMPORT_DIR}/{READY_MARK}")
         with engine.container(client, builder, ["sh", "-c", script], role="import",
-                              volumes=mounts) as helper:
+                              volumes=mounts) as helper, \
+                progress.waiting(f"debootstrap {source.location}"):
             status = engine.run_to_end(helper, "debootstrap")
             if status:
                 raise RootfsError(f"debootstrap {source.location} failed ({status}):\n"
@@ -342,13 +343,25 @@ def _import(client, source: RootfsSource, builder: str, volume: str) -> None:
             left_out: list[str] = []
             if not nodes:
                 chunks = without_device_nodes(chunks, left_out)
-            engine.put_stream(helper, f"{IMPORT_DIR}/rootfs", chunks, f"importing {source}")
+            with progress.bar(f"importing {source}", _plain_tar_size(source)) as advance:
+                engine.put_stream(helper, f"{IMPORT_DIR}/rootfs",
+                                  progress.counted(chunks, advance), f"importing {source}")
         if left_out:
             log.info("this engine cannot make device nodes (a rootless engine): %d of the "
                      "rootfs's were left out (/%s, ...); images still get the nodes a boot "
                      "needs and those a session opens", len(left_out), left_out[0])
         engine.run_in(helper, INDEX_COMMAND, "indexing the rootfs")
         engine.run_in(helper, ["touch", f"{IMPORT_DIR}/{READY_MARK}"], "finishing the import")
+
+
+def _plain_tar_size(source: RootfsSource) -> int | None:
+    """The bytes an import sends, where known before: a plain tar's size."""
+    if source.kind is not SourceKind.TAR or source.location == "-":
+        return None
+    with open(source.location, "rb") as stream:
+        if tar_compression(stream.read(tarfile.BLOCKSIZE)) is not None:
+            return None
+        return os.fstat(stream.fileno()).st_size
 
 
 # --- `nbic rootfs ...` --------------------------------------------------------

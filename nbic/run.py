@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import posixpath
 import sys
 import tarfile
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from nbic import engine, rootfs, serial, terminal
+from nbic import engine, progress, rootfs, serial, terminal
 from nbic import selection as selections
 from nbic.agent.protocol import (
     CHECK,
@@ -171,18 +172,22 @@ def _framed_output(created: Any) -> Iterator[bytes]:
     way, and the agent's standard error as it is."""
     frames = FrameReader()
     try:
-        for out, err in engine.output(created):
-            if err:
-                sys.stderr.buffer.write(err)
-                sys.stderr.buffer.flush()
-            for kind, payload in frames.feed(out or b""):
-                if kind is Frame.STDOUT:
-                    sys.stdout.buffer.write(payload)
-                    sys.stdout.buffer.flush()
-                elif kind is Frame.RESULT:
-                    yield payload
-                else:  # the end: the agent has nothing more to say
-                    return
+        # The spinner goes before anything else is written to the terminal.
+        with progress.waiting("session running") as quiet:
+            for out, err in engine.output(created):
+                if err:
+                    quiet()
+                    sys.stderr.buffer.write(err)
+                    sys.stderr.buffer.flush()
+                for kind, payload in frames.feed(out or b""):
+                    quiet()
+                    if kind is Frame.STDOUT:
+                        sys.stdout.buffer.write(payload)
+                        sys.stdout.buffer.flush()
+                    elif kind is Frame.RESULT:
+                        yield payload
+                    else:  # the end: the agent has nothing more to say
+                        return
     except FrameError as exc:
         raise SessionError(f"the session agent's output is garbled: {exc}") from None
     if frames.partial:
@@ -218,8 +223,10 @@ def _collect(created: Any, config: RunConfig,
                 _copy(data, stack.enter_context(atomic_output(config.kernel_output)))
             elif name == IMAGE_FILE:
                 raw = stack.enter_context(atomic_output(config.output))
-                with compressed_writer(raw, config.compression) as stream:
-                    raw_bytes = _copy(data, stream)
+                label = f"writing {os.path.basename(config.output)}"
+                with compressed_writer(raw, config.compression) as stream, \
+                        progress.bar(label, info.size) as advance:
+                    raw_bytes = _copy(data, stream, advance)
                 raw.flush()
                 image_bytes = raw.tell() if raw.seekable() else None
         if result is None:
@@ -231,11 +238,13 @@ def _collect(created: Any, config: RunConfig,
     return RunResult(result, image_bytes, raw_bytes)
 
 
-def _copy(source: BinaryIO, target: BinaryIO) -> int:
+def _copy(source: BinaryIO, target: BinaryIO, advance: progress.Advance | None = None) -> int:
     copied = 0
     while chunk := source.read(CHUNK):
         target.write(chunk)
         copied += len(chunk)
+        if advance:
+            advance(len(chunk))
     return copied
 
 
