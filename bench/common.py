@@ -14,6 +14,7 @@ ROOTFS_DIR = os.environ.get("NBIC_BENCH_ROOTFS", "/var/cache/nbic-ci/rootfs/book
 ROOTFS_TAR = os.environ.get("NBIC_BENCH_ROOTFS_TAR", ROOTFS_DIR + ".tar")
 LSINITRAMFS = os.environ.get("NBIC_BENCH_LSINITRAMFS", "/var/cache/nbic-ci/bin/lsinitramfs")
 WORK = os.environ.get("NBIC_BENCH_WORK", "/tmp/nbic-bench")
+KERNEL = os.environ.get("NBIC_BENCH_KERNEL", "/var/cache/nbic-ci/kernel/boot-kernel")
 
 
 @dataclass

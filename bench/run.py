@@ -15,6 +15,7 @@ import bench_cache
 import bench_list
 import bench_netboot
 import bench_pack
+import bench_recipes
 import bench_startup
 import bench_trace
 from common import REPO, Result, workdir
@@ -32,6 +33,7 @@ def benchmarks(args: argparse.Namespace) -> dict[str, Callable[[], list[Result]]
         "startup": lambda: bench_startup.bench(args.n),
         "cache": lambda: bench_cache.bench(args.n),
         "netboot": lambda: bench_netboot.bench(args.n),
+        "recipes": lambda: bench_recipes.bench(),
     }
     if args.level19:
         table["pack19"] = lambda: bench_pack.bench(19, 1)
