@@ -26,7 +26,6 @@ import stat
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
-from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from nbic.cpio.compress import (
@@ -38,6 +37,8 @@ from nbic.cpio.compress import (
 from nbic.errors import OutputClosed, OutputError
 
 if TYPE_CHECKING:
+    from pathlib import Path  # not imported at run time: it costs the cpio tools' start-up
+
     from nbic.cpio.archive import ArchiveStats, Member
 
 BUFFER = 1 << 20
@@ -82,19 +83,19 @@ def atomic_output(path: str | Path, mode: int = 0o644) -> Iterator[BinaryIO]:
         finally:
             _close_quietly(stdout)
         return
-    target = Path(path)
+    target = os.fspath(path)
     if _written_in_place(target):
         with _in_place(target) as device:
             yield device
         return
-    parent = target.parent or Path(".")
+    parent, name = os.path.split(target.rstrip("/") or target)
+    parent = parent or "."
     try:
         dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise OutputError(f"cannot write to {parent}: {exc.strerror}") from None
     try:
-        with atomic_output_at(dir_fd, target.name, mode, where=str(parent),
-                              label=str(target)) as stream:
+        with atomic_output_at(dir_fd, name, mode, where=parent, label=target) as stream:
             yield stream
     finally:
         os.close(dir_fd)
@@ -167,7 +168,7 @@ def _close_quietly(stream: io.BufferedIOBase) -> None:
         stream.close()
 
 
-def _written_in_place(target: Path) -> bool:
+def _written_in_place(target: str) -> bool:
     """True for a FIFO or character device, False for a regular file or nothing
     (replaced); anything else is refused."""
     try:
@@ -198,7 +199,7 @@ def _written_in_place(target: Path) -> bool:
 
 
 @contextmanager
-def _in_place(target: Path) -> Iterator[BinaryIO]:
+def _in_place(target: str) -> Iterator[BinaryIO]:
     try:
         fd = os.open(target, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
@@ -208,7 +209,7 @@ def _in_place(target: Path) -> Iterator[BinaryIO]:
         # Swapped for something else since it was looked at: nothing is written.
         os.close(fd)
         raise OutputError(f"output {target} changed while it was being opened")
-    stream = io.BufferedWriter(_Sink(fd, str(target)), BUFFER)
+    stream = io.BufferedWriter(_Sink(fd, target), BUFFER)
     try:
         yield stream
         stream.flush()

@@ -9,14 +9,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from nbic.cpio.compress import Compression, decompressor_for, detect
 from nbic.cpio.entry import Entry
 from nbic.cpio.newc import MAGIC_CRC, MAGIC_NEWC, MAGIC_ODC, ArchiveReader
 from nbic.cpio.source import ByteSource, DecompressedSource
 from nbic.errors import FormatError, NbicError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @dataclass(frozen=True)

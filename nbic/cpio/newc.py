@@ -226,9 +226,9 @@ class ArchiveReader:
                                       offset)
                 linkname = decode_name(self.read(size).split(b"\0", 1)[0])
             self._data_end_pad = _pad(source.offset + self._remaining - self._start)
-            yield Entry(name=name, type=file_type, perm=mode & 0o7777, uid=uid, gid=gid,
-                        mtime=mtime, size=size, linkname=linkname, rdevmajor=rdevmajor,
-                        rdevminor=rdevminor, nlink=nlink, ino=ino, devmajor=devmajor,
-                        devminor=devminor, link_key=(self._index, devmajor, devminor, ino)
-                        if nlink > 1 and file_type is FileType.FILE else None,
-                        archive=self._index, offset=offset)
+            link_key = (self._index, devmajor, devminor, ino) \
+                if nlink > 1 and file_type is FileType.FILE else None
+            # Positional, in Entry's field order: the hot path of every reader.
+            yield Entry(name, file_type, mode & 0o7777, uid, gid, mtime, size, linkname,
+                        rdevmajor, rdevminor, nlink, ino, devmajor, devminor, link_key,
+                        self._index, offset)
