@@ -65,7 +65,7 @@ def head() -> str:
     return run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture=True).strip()
 
 
-def markdown(results: list[Result], skipped: list[str], started_at: str) -> str:
+def markdown(results: list[Result], skipped: list[str], started_at: str, n: int) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     commit = head()
     if commit != started_at:
@@ -80,7 +80,7 @@ def markdown(results: list[Result], skipped: list[str], started_at: str) -> str:
         f"- commit: {commit}" + (" (nbic/ had uncommitted changes)" if dirty.strip() else ""),
         f"- machine: {os.cpu_count()} cores, kernel {platform.release()}, "
         f"Python {platform.python_version()}",
-        f"- wall time: best of {REPEAT} runs with `time.perf_counter` (after one untimed "
+        f"- wall time: best of {n} runs with `time.perf_counter` (after one untimed "
         "warm-up run, unless a note says otherwise)",
         "",
         "| " + " | ".join(HEADER) + " |",
@@ -138,7 +138,7 @@ def main() -> int:
             print(f"  {r.name}: FAILED: {r.error.strip()}")
     if not args.no_doc:
         with open(DOC, "w") as doc:
-            doc.write(markdown(results, skipped, started_at))
+            doc.write(markdown(results, skipped, started_at, args.n))
         print(f"wrote {DOC}", file=sys.stderr)
     return 1 if any(r.error for r in results) else 0
 
