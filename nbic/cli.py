@@ -7,12 +7,14 @@ Each stage module owns its options (`add_arguments`) and its command
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from nbic import __version__
 from nbic.errors import NbicError, OutputClosed, OutputError
@@ -197,5 +199,32 @@ cpio_du_main = _tool_main("du")
 cpio_diff_main = _tool_main("diff")
 cpio_cat_main = _tool_main("cat")
 
+
+def _leave(status: int) -> NoReturn:
+    """End the process once standard output and error are flushed, skipping the
+    interpreter's teardown of every module: a finished command needs none of
+    it, and with the Docker SDK loaded it takes 25 ms."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, NbicError):
+            stream.flush()
+    os._exit(status)
+
+
+def _script(command: Callable[[Sequence[str] | None], int]) -> Callable[[], NoReturn]:
+    """A console script's entry point: the command, then _leave."""
+    def run() -> NoReturn:
+        _leave(command(None))
+
+    return run
+
+
+# The console scripts (pyproject.toml); the *_main functions return instead.
+nbic_script = _script(main)
+cpio_list_script = _script(cpio_list_main)
+cpio_extract_script = _script(cpio_extract_main)
+cpio_du_script = _script(cpio_du_main)
+cpio_diff_script = _script(cpio_diff_main)
+cpio_cat_script = _script(cpio_cat_main)
+
 if __name__ == "__main__":
-    sys.exit(main())
+    nbic_script()
