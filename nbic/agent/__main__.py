@@ -382,4 +382,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    status = main(sys.argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The container ends with this process: the interpreter's teardown of every
+    # module would only delay the host, which waits for the container to go.
+    os._exit(status)
