@@ -120,26 +120,13 @@ def _file_chunks(path: str) -> Iterator[bytes]:
 def _directory_chunks(root: str) -> Iterator[bytes]:
     """A directory as a deterministic tar stream, made by a writer thread."""
     tree = DirTree(root)
-    read_fd, write_fd = os.pipe()
-    failure: list[BaseException] = []
 
-    def produce() -> None:
-        try:
-            with os.fdopen(write_fd, "wb") as out:
-                members = [Member(entry, _opener(tree, name) if entry.type is FileType.FILE
-                                  else None) for name, entry in tree.entries.items()]
-                write_tar(out, order(members))
-        except BaseException as exc:  # reported by the reading side
-            failure.append(exc)
+    def write(out: BinaryIO) -> None:
+        members = [Member(entry, _opener(tree, name) if entry.type is FileType.FILE else None)
+                   for name, entry in tree.entries.items()]
+        write_tar(out, order(members))
 
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    with os.fdopen(read_fd, "rb") as stream:
-        while chunk := stream.read(CHUNK):
-            yield chunk
-    thread.join()
-    if failure:
-        raise failure[0]
+    yield from _written_by_thread(write)
 
 
 def _opener(tree: DirTree, name: str) -> Callable[[], BinaryIO]:
@@ -149,25 +136,36 @@ def _opener(tree: DirTree, name: str) -> Callable[[], BinaryIO]:
 def without_device_nodes(chunks: Iterator[bytes], left_out: list[str]) -> Iterator[bytes]:
     """A tar stream without its device nodes and hardlinks to them (their names go
     into `left_out`), rewritten by a thread through a pipe: memory stays bounded."""
+    def write(out: BinaryIO) -> None:
+        with tarfile.open(fileobj=ChunkReader(chunks), mode="r|",
+                          errors="surrogateescape") as source, \
+                tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
+                             errors="surrogateescape") as target:
+            nodes: set[str] = set()
+            for info in source:
+                if info.ischr() or info.isblk() or (info.islnk() and info.linkname in nodes):
+                    nodes.add(info.name)
+                    left_out.append(info.name.lstrip("./"))
+                    continue
+                target.addfile(info, source.extractfile(info) if info.isreg() else None)
+
+    try:
+        yield from _written_by_thread(write)
+    except tarfile.TarError as exc:
+        raise RootfsError(f"cannot read the rootfs tar: {exc}") from None
+
+
+def _written_by_thread(write: Callable[[BinaryIO], None]) -> Iterator[bytes]:
+    """What `write` writes into a pipe on a thread of its own, read here in chunks
+    (memory stays bounded); its failure is raised here, after its output."""
     read_fd, write_fd = os.pipe()
     failure: list[BaseException] = []
 
     def produce() -> None:
         try:
-            with os.fdopen(write_fd, "wb") as out, \
-                    tarfile.open(fileobj=ChunkReader(chunks), mode="r|",
-                                 errors="surrogateescape") as source, \
-                    tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
-                                 errors="surrogateescape") as target:
-                nodes: set[str] = set()
-                for info in source:
-                    if info.ischr() or info.isblk() or (info.islnk()
-                                                        and info.linkname in nodes):
-                        nodes.add(info.name)
-                        left_out.append(info.name.lstrip("./"))
-                        continue
-                    target.addfile(info, source.extractfile(info) if info.isreg() else None)
-        except BaseException as exc:  # reported by the reading side
+            with os.fdopen(write_fd, "wb") as out:
+                write(out)
+        except BaseException as exc:  # raised on the reading side
             failure.append(exc)
 
     thread = threading.Thread(target=produce, daemon=True)
@@ -177,8 +175,6 @@ def without_device_nodes(chunks: Iterator[bytes], left_out: list[str]) -> Iterat
             yield chunk
     thread.join()
     if failure:
-        if isinstance(failure[0], tarfile.TarError):
-            raise RootfsError(f"cannot read the rootfs tar: {failure[0]}") from None
         raise failure[0]
 
 
