@@ -11,7 +11,6 @@ of those the reference rootfs has: the files to add.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import tempfile
 import typing
@@ -39,6 +38,7 @@ from nbic.cpio.entry import FileType
 from nbic.cpio.image import open_image
 from nbic.cpio.newc import NewcWriter
 from nbic.errors import NbicError, UsageError
+from nbic.lock import sha256_file
 
 log = logging.getLogger("nbic")
 
@@ -65,7 +65,7 @@ def agent_command(request: Request) -> list[str]:
 def verify(config: VerifyConfig) -> Replay:
     if not config.script and not config.command:
         raise UsageError("give the check: --script FILE or -- COMMAND [ARGS...]")
-    digest = _digest(config.image)
+    digest = sha256_file(Path(config.image))
     client = engine.connect()
     engine.remove_stale_containers(client)  # of runs killed outright (kill -9)
     builder = engine.builder_image(client)
@@ -103,17 +103,6 @@ def agent_result(created: Any, status: int) -> Result:
     if not result.ok:
         raise NbicError(result.error)
     return result
-
-
-def _digest(path: str) -> str:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as stream:
-            while chunk := stream.read(1 << 20):
-                digest.update(chunk)
-    except OSError as exc:
-        raise NbicError(f"cannot read image {path}: {exc.strerror}") from None
-    return digest.hexdigest()
 
 
 def _ensure_image_volume(client: Any, builder: str, image: str, digest: str) -> str:
