@@ -90,3 +90,33 @@ def test_a_frame_cut_short_is_seen():
     reader = FrameReader()
     assert list(reader.feed(FRAME_HEADER.pack(b"o", 10) + b"12345")) == []
     assert reader.partial
+
+
+def _frame(kind: Frame, payload: bytes = b"") -> bytes:
+    return FRAME_HEADER.pack(kind.value, len(payload)) + payload
+
+
+def _host_side(monkeypatch, chunks):
+    """What nbic.run makes of the container's (stdout, stderr) chunks."""
+    from nbic import engine, run
+    monkeypatch.setattr(engine, "output", lambda created: iter(chunks))
+    return list(run._framed_output(None))
+
+
+def test_the_host_relays_output_and_yields_the_result_up_to_the_end(monkeypatch, capfdbinary):
+    stream = _frame(Frame.STDOUT, b"out\xff") + _frame(Frame.RESULT, b"tar-1") \
+        + _frame(Frame.RESULT, b"tar-2") + _frame(Frame.END) + b"after the end"
+    chunks = [(stream[:3], None), (None, b"err\n"), (stream[3:], None)]
+    assert _host_side(monkeypatch, chunks) == [b"tar-1", b"tar-2"]
+    captured = capfdbinary.readouterr()
+    assert captured.out == b"out\xff" and captured.err == b"err\n"
+
+
+@pytest.mark.parametrize("stream, message", [
+    (b"not frames at all", "garbled"),
+    (_frame(Frame.STDOUT, b"ok")[:-1], "broke off inside a frame"),
+])
+def test_the_host_refuses_a_broken_stream_in_one_line(monkeypatch, stream, message):
+    from nbic.run import SessionError
+    with pytest.raises(SessionError, match=message):
+        _host_side(monkeypatch, [(stream, None)])
