@@ -201,7 +201,15 @@ def test_a_daemon_left_running_does_not_hold_up_ptrace_sessions_or_replays(docke
                                                                            tmp_path):
     import time
 
-    daemon = script(tmp_path / "daemon.sh", "sleep 1000 &\necho DAEMON-STARTED\n")
+    # The script waits until its child has become sleep: what a daemon does only
+    # after the session's main process ended is not traced, by design.
+    daemon = script(tmp_path / "daemon.sh", """sleep 1000 &
+tries=0
+until read -r comm < /proc/$!/comm && [ "$comm" = sleep ]; do
+    tries=$((tries + 1)); [ $tries -lt 1000000 ] || exit 1
+done
+echo DAEMON-STARTED
+""")
     start = time.monotonic()
     result = nbic("run", "--rootfs", rootfs_tar, "--tracer", "ptrace", "--script", daemon,
                   "--verify", "-o", tmp_path / "daemon.cpio", timeout=600)
