@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 if TYPE_CHECKING:
     import docker
@@ -81,6 +81,9 @@ def _failures() -> tuple[type[BaseException], ...]:
     import requests.exceptions
 
     return _sdk().errors.DockerException, requests.exceptions.RequestException
+
+
+T = TypeVar("T")
 
 
 class EngineError(NbicError):
@@ -411,25 +414,39 @@ def remove_stale_containers(client: docker.DockerClient) -> list[str]:
 
 @contextmanager
 def container(client: docker.DockerClient, image: str, command: list[str], *,
-              role: str, **options: Any) -> Iterator[Any]:
+              role: str, removes_itself: bool = False, keeps_logs: bool = True,
+              **options: Any) -> Iterator[Any]:
     """A created (not started) container, labelled with its role and the nbic
-    process that owns it, removed with force on every exit."""
+    process that owns it, removed with force on every exit. One that
+    `removes_itself` (the engine's AutoRemove, as `docker run --rm`) is removed
+    here only on an error: once started, the engine removes it when it ends,
+    even after a kill -9 of nbic, and nbic need not wait for that. Without
+    `keeps_logs` its output reaches only those attached to it."""
     labels = {LABEL: role, **current_owner().labels(), **options.pop("labels", {})}
+    if not keeps_logs:
+        options["log_config"] = {"type": "none", "config": {}}
     with docker_errors(f"creating the {role} container"):
-        created = client.containers.create(image, command, labels=labels, **options)
+        created = client.containers.create(image, command, labels=labels,
+                                           auto_remove=removes_itself, **options)
     try:
         yield created
-    finally:
+    except BaseException:
+        remove_container(created, quiet=removes_itself)
+        raise
+    if not removes_itself:
         remove_container(created)
 
 
-def remove_container(created: Any) -> None:
+def remove_container(created: Any, quiet: bool = False) -> None:
+    """Remove with force. `quiet`: a container that removes itself may be going
+    already, which the engine reports as a conflict (409, or Podman's 500)."""
     try:
         created.remove(force=True, v=False)
     except _sdk().errors.NotFound:
         pass
     except _failures() as exc:
-        log.warning("could not remove container %s: %s", created.id[:12], _explain(exc))
+        if not quiet:
+            log.warning("could not remove container %s: %s", created.id[:12], _explain(exc))
 
 
 def start(created: Any, what: str) -> None:
@@ -449,7 +466,7 @@ def logs_tail(created: Any, lines: int = 20) -> str:
         return created.logs(tail=lines).decode("utf-8", "replace").strip()
 
 
-def _translated(chunks: Iterator[bytes]) -> Iterator[bytes]:
+def _translated(chunks: Iterator[T]) -> Iterator[T]:
     """The chunks of an SDK stream, its failures turned into EngineError."""
     with docker_errors("reading from Docker"):
         yield from chunks
@@ -604,9 +621,12 @@ def resize(created: Any, rows: int, columns: int) -> None:
 
 
 def output(created: Any) -> Iterator[tuple[bytes | None, bytes | None]]:
-    """The container's (stdout, stderr) chunks from its start until it ends."""
-    with docker_errors("reading the session's output"):
-        yield from created.attach(stdout=True, stderr=True, stream=True, demux=True, logs=True)
+    """The container's (stdout, stderr) chunks until it ends. Attached here, before
+    it starts (as `docker run` does): nothing it writes is missed, and one that
+    removes itself cannot be gone before the attach."""
+    with docker_errors("attaching to the session"):
+        stream = created.attach(stdout=True, stderr=True, stream=True, demux=True)
+    return _translated(stream)
 
 
 def wait(created: Any) -> int:

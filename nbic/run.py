@@ -16,11 +16,11 @@ import os
 import posixpath
 import sys
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from nbic import engine, progress, rootfs, serial, terminal
 from nbic import selection as selections
@@ -134,20 +134,28 @@ def compile_session(config: RunConfig) -> RunResult:
         builder = engine.builder_image(client)
         volume = rootfs.ensure(client, source, builder)
         interactive = config.session.interactive
+        # A session with a terminal is removed by nbic, after its OUTPUT_DIR is
+        # fetched; one without sends everything in frames (relayed as they come,
+        # so the engine need not log the image) and removes itself.
         with engine.container(
                 client, builder, agent_command(request), role="session",
                 volumes={volume: {"bind": "/cache", "mode": "ro"}},
                 tty=interactive, stdin_open=interactive, hostname="nbic",
+                removes_itself=not interactive, keeps_logs=interactive,
                 **engine.agent_privileges()) as created:
             if inputs:
                 engine.put_files(created, INPUT_DIR, inputs)
             if interactive:
                 terminal.interact(created)
-                outcome = _collect(created, config, engine.fetch_tree(created, OUTPUT_DIR))
+                outcome = _collect(config, engine.fetch_tree(created, OUTPUT_DIR),
+                                   lambda: f" ({engine.wait(created)}):\n"
+                                           f"{engine.logs_tail(created)}")
             else:
+                output = engine.output(created)
                 engine.start(created, "starting the session")
-                result_tar = _framed_output(created)
-                outcome = _collect(created, config, tar_members(result_tar))
+                result_tar = _framed_output(output)
+                outcome = _collect(config, tar_members(result_tar),
+                                   lambda: "; what it wrote to standard error is above")
                 for _ in result_tar:  # what is left after the tar, relayed
                     pass
     result = outcome.result
@@ -166,7 +174,7 @@ def compile_session(config: RunConfig) -> RunResult:
     return outcome
 
 
-def _framed_output(created: Any) -> Iterator[bytes]:
+def _framed_output(output: Iterator[tuple[bytes | None, bytes | None]]) -> Iterator[bytes]:
     """The tar of OUTPUT_DIR from the agent's framed standard output (see
     protocol.Frame), up to its end mark; the session's output is relayed on the
     way, and the agent's standard error as it is."""
@@ -174,7 +182,7 @@ def _framed_output(created: Any) -> Iterator[bytes]:
     try:
         # The spinner goes before anything else is written to the terminal.
         with progress.waiting("session running") as quiet:
-            for out, err in engine.output(created):
+            for out, err in output:
                 if err:
                     quiet()
                     sys.stderr.buffer.write(err)
@@ -194,12 +202,13 @@ def _framed_output(created: Any) -> Iterator[bytes]:
         raise SessionError("the session agent's output broke off inside a frame")
 
 
-def _collect(created: Any, config: RunConfig,
-             tree: AbstractContextManager[Iterator[tuple[tarfile.TarInfo, BinaryIO | None]]]
-             ) -> RunResult:
+def _collect(config: RunConfig,
+             tree: AbstractContextManager[Iterator[tuple[tarfile.TarInfo, BinaryIO | None]]],
+             how_it_ended: Callable[[], str]) -> RunResult:
     """One archive of OUTPUT_DIR: the result, the report, the image and, when
     asked for, the kernel. The image is compressed into the output as it
-    streams; the outputs are kept only if the result says so."""
+    streams; the outputs are kept only if the result says so. Without a
+    result, `how_it_ended` says what is known of the agent's end."""
     result: Result | None = None
     raw_bytes = 0
     image_bytes: int | None = None
@@ -230,8 +239,7 @@ def _collect(created: Any, config: RunConfig,
                 raw.flush()
                 image_bytes = raw.tell() if raw.seekable() else None
         if result is None:
-            raise SessionError(f"the session agent ended ({engine.wait(created)}) without a "
-                               f"result:\n{engine.logs_tail(created)}")
+            raise SessionError(f"the session agent ended without a result{how_it_ended()}")
         if not result.ok:
             raise SessionError(result.error)
         _judge_replays(result)

@@ -96,18 +96,22 @@ def _frame(kind: Frame, payload: bytes = b"") -> bytes:
     return FRAME_HEADER.pack(kind.value, len(payload)) + payload
 
 
-def _host_side(monkeypatch, chunks):
+def _host_side(chunks):
     """What nbic.run makes of the container's (stdout, stderr) chunks."""
-    from nbic import engine, run
-    monkeypatch.setattr(engine, "output", lambda created: iter(chunks))
-    return list(run._framed_output(None))
+    from nbic import run
+    return list(run._framed_output(iter(chunks)))
 
 
-def test_the_host_relays_output_and_yields_the_result_up_to_the_end(monkeypatch, capfdbinary):
+def run_framed(stdout_chunks):
+    from nbic import run
+    return run._framed_output(iter((chunk, None) for chunk in stdout_chunks))
+
+
+def test_the_host_relays_output_and_yields_the_result_up_to_the_end(capfdbinary):
     stream = _frame(Frame.STDOUT, b"out\xff") + _frame(Frame.RESULT, b"tar-1") \
         + _frame(Frame.RESULT, b"tar-2") + _frame(Frame.END) + b"after the end"
     chunks = [(stream[:3], None), (None, b"err\n"), (stream[3:], None)]
-    assert _host_side(monkeypatch, chunks) == [b"tar-1", b"tar-2"]
+    assert _host_side(chunks) == [b"tar-1", b"tar-2"]
     captured = capfdbinary.readouterr()
     assert captured.out == b"out\xff" and captured.err == b"err\n"
 
@@ -116,7 +120,21 @@ def test_the_host_relays_output_and_yields_the_result_up_to_the_end(monkeypatch,
     (b"not frames at all", "garbled"),
     (_frame(Frame.STDOUT, b"ok")[:-1], "broke off inside a frame"),
 ])
-def test_the_host_refuses_a_broken_stream_in_one_line(monkeypatch, stream, message):
+def test_the_host_refuses_a_broken_stream_in_one_line(stream, message):
     from nbic.run import SessionError
     with pytest.raises(SessionError, match=message):
-        _host_side(monkeypatch, [(stream, None)])
+        _host_side([(stream, None)])
+
+
+def test_a_stream_that_ends_without_the_result_says_so_and_writes_nothing(tmp_path):
+    from nbic.cpio.compress import parse_compression
+    from nbic.run import RunConfig, SessionError, _collect
+    from nbic.tarstream import tar_members
+
+    output = tmp_path / "never.cpio"
+    config = RunConfig(output=str(output), compression=parse_compression("none"))
+    with pytest.raises(SessionError, match="without a result; its messages are above"):
+        _collect(config, tar_members(run_framed([_frame(Frame.END)])),
+                 lambda: "; its messages are above")
+    assert list(tmp_path.iterdir()) == []
+

@@ -88,6 +88,16 @@ def run_containers(client, pid: int) -> list:
         "label": [f"nbic.pid={pid}", f"nbic.host={socket.gethostname()}"]})
 
 
+def left_behind(client, pid: int) -> list:
+    """The containers the ended nbic run `pid` left. A session container removes
+    itself once its agent has ended, which may be just after nbic returned:
+    what is still there after a few seconds was left behind."""
+    deadline = time.monotonic() + 10
+    while (found := run_containers(client, pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
+
+
 def test_quick_start_traces_the_session_and_the_image_boots(
         docker_engine, quickstart_tar, kernel, tmp_path):
     image = tmp_path / "bash.cpio"
@@ -106,7 +116,7 @@ def test_quick_start_traces_the_session_and_the_image_boots(
     assert "etc/hostname" in entries
     used = traced(tmp_path / "report.json")
     assert "/usr/bin/cat" in used and "/chroot" in used
-    assert not run_containers(docker_engine, result.pid)
+    assert not left_behind(docker_engine, result.pid)
 
     booted = boot(image, BootConfig(kernel=kernel, expect=("NBIC-QUICKSTART-OK",),
                                     timeout=180))
@@ -283,7 +293,7 @@ def test_interrupting_a_session_leaves_nothing_behind(docker_engine, quickstart_
     _, stderr = process.communicate(timeout=60)
     assert process.returncode != 0
     assert "Traceback" not in stderr.decode()
-    assert not run_containers(docker_engine, process.pid)
+    assert not left_behind(docker_engine, process.pid)
     assert {v.name for v in docker_engine.volumes.list()} == volumes_before
     assert list(tmp_path.iterdir()) == []
 
@@ -375,26 +385,45 @@ def test_rootfs_cache_commands(docker_engine, tmp_path):
     assert missing.returncode == 1 and "no cached rootfs" in missing.stderr
 
 
+def start_run(rootfs_tar: Path, output: Path, *command: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "nbic.cli", "run", "--rootfs", str(rootfs_tar), "-o",
+         str(output), "--", *command], cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+
+
+def running_session(client, process: subprocess.Popen):
+    """The session container of a run started with start_run, once it runs."""
+    deadline = time.monotonic() + 120
+    while True:
+        found = [c for c in run_containers(client, process.pid) if c.status == "running"]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline and process.poll() is None, process.stderr
+        time.sleep(0.2)
+
+
+WAIT_FOR_GO = ("sh", "-c", "until [ -e /tmp/go ]; do sleep 0.1; done")
+
+
+def let_go(container) -> None:
+    """End a WAIT_FOR_GO session: once it runs (before, the agent's mounts would
+    hide the file), make /tmp/go in its rootfs."""
+    deadline = time.monotonic() + 120
+    # Its command, not the agent's, which names it in its request.
+    while not any(process[-1] == " ".join(WAIT_FOR_GO)
+                  for process in container.top()["Processes"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    status, output = container.exec_run(["touch", "/rootfs/tmp/go"])
+    assert status == 0, output
+
+
 def test_a_run_killed_outright_is_cleaned_up_by_the_next(docker_engine, rootfs_tar, tmp_path):
-    def start(name: str, *command: str) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", "nbic.cli", "run", "--rootfs", str(rootfs_tar), "-o",
-             str(tmp_path / name), "--", *command], cwd=REPO, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)
-
-    def running(process: subprocess.Popen):
-        deadline = time.monotonic() + 120
-        while True:
-            found = [c for c in run_containers(docker_engine, process.pid)
-                     if c.status == "running"]
-            if found:
-                return found[0]
-            assert time.monotonic() < deadline and process.poll() is None, process.stderr
-            time.sleep(0.2)
-
-    killed = start("killed.cpio", "sleep", "300")
-    live = start("live.cpio", "sh", "-c", "until [ -e /tmp/go ]; do sleep 0.1; done")
-    killed_container, live_container = running(killed), running(live)
+    killed = start_run(rootfs_tar, tmp_path / "killed.cpio", "sleep", "300")
+    live = start_run(rootfs_tar, tmp_path / "live.cpio", *WAIT_FOR_GO)
+    killed_container = running_session(docker_engine, killed)
+    live_container = running_session(docker_engine, live)
     killed.kill()  # SIGKILL: no cleanup of its own runs
     killed.communicate()
     assert docker_engine.containers.get(killed_container.id).status == "running"
@@ -405,11 +434,23 @@ def test_a_run_killed_outright_is_cleaned_up_by_the_next(docker_engine, rootfs_t
     assert docker_engine.containers.get(live_container.id).status == "running"
 
     # The live run was never disturbed: let its session end, and it finishes.
-    live_container.exec_run(["touch", "/rootfs/tmp/go"])
+    let_go(live_container)
     _, stderr = live.communicate(timeout=120)
     assert live.returncode == 0, stderr
     assert "usr/bin/dash" in names(tmp_path / "live.cpio")
-    assert not run_containers(docker_engine, live.pid)
+    assert not left_behind(docker_engine, live.pid)
+    assert not (tmp_path / "killed.cpio").exists()
+
+
+def test_the_session_container_of_a_killed_run_goes_when_its_session_ends(
+        docker_engine, rootfs_tar, tmp_path):
+    killed = start_run(rootfs_tar, tmp_path / "killed.cpio", *WAIT_FOR_GO)
+    container = running_session(docker_engine, killed)
+    killed.kill()  # SIGKILL: nbic removes nothing itself
+    killed.communicate()
+    assert run_containers(docker_engine, killed.pid)
+    let_go(container)
+    assert not left_behind(docker_engine, killed.pid)  # the engine removed it
     assert not (tmp_path / "killed.cpio").exists()
 
 
