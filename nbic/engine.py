@@ -20,6 +20,7 @@ import os
 import socket
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -638,6 +639,19 @@ def volume_in_use(client: docker.DockerClient, name: str) -> bool:
     """Whether any container, running or not, mounts the volume."""
     with docker_errors(f"looking up the users of volume {name}"):
         return bool(client.containers.list(all=True, filters={"volume": name}))
+
+
+ENDED = frozenset({"exited", "dead", "removing"})
+
+
+def wait_for_ended_users(client: docker.DockerClient, name: str, timeout: float = 10) -> None:
+    """Wait until the containers that ended while mounting the volume are gone:
+    a session container removes itself just after its run returned."""
+    deadline = time.monotonic() + timeout
+    with docker_errors(f"looking up the users of volume {name}"):
+        while (users := client.containers.list(all=True, filters={"volume": name})) and \
+                all(user.status in ENDED for user in users) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def list_images(client: docker.DockerClient, role: str) -> list[Any]:

@@ -409,6 +409,7 @@ def run(args: argparse.Namespace) -> int:
         for name in names:
             if name not in volumes:
                 raise NbicError(f"no cached rootfs named {name} (see nbic rootfs ls)")
+            engine.wait_for_ended_users(client, name)
             engine.remove_volume(volumes[name])
             log.info("removed %s", name)
         return 0

@@ -379,8 +379,12 @@ def test_rootfs_cache_commands(docker_engine, tmp_path):
     assert volume.startswith("nbic-rootfs-")
     assert volume in nbic("rootfs", "ls").stdout
     assert nbic("rootfs", "import", rootfs).stdout.strip() == volume  # cached
+    # Right after a run, whose session container is still going away.
+    nbic("run", "--rootfs", rootfs, "--init", "none", "-o", tmp_path / "x.cpio", "--",
+         "/etc/tiny-marker", check=False)
     nbic("rootfs", "rm", volume)
     assert volume not in nbic("rootfs", "ls").stdout
+    assert volume not in {v.name for v in docker_engine.volumes.list()}
     missing = nbic("rootfs", "rm", volume, check=False)
     assert missing.returncode == 1 and "no cached rootfs" in missing.stderr
 
