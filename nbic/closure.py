@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import BinaryIO
 
-from nbic import elf, implied, modules
+from nbic import implied
 from nbic.cpio.archive import Member
 from nbic.cpio.entry import Entry, FileType, ancestors, split_path
 from nbic.cpio.spec import SpecItem, escape_location, open_location
@@ -226,6 +226,8 @@ def _choose_binaries(tree: Tree, chooser: _Chooser, programs: tuple[str, ...],
     missing.extend(program for program in programs if program not in present)
     if not present:
         return
+    from nbic import elf  # imported only when used, as most sessions never do
+
     closure = elf.needed_closure(tree, *present)
     for needed in closure.needed:
         chooser.add_path(needed.path, f"--include-bin: {needed.why}")
@@ -234,6 +236,8 @@ def _choose_binaries(tree: Tree, chooser: _Chooser, programs: tuple[str, ...],
 
 
 def _choose_modules(tree: Tree, chooser: _Chooser, selection: Selection) -> None:
+    from nbic import modules  # imported only when used, as most sessions never do
+
     found = modules.closure(tree, selection.modules, selection.kernel_release)
     for needed in found.needed:
         chooser.add_path(needed.path, f"kernel module: {needed.why}")
@@ -332,9 +336,8 @@ def _choose_symlinks_to_chosen(tree: Tree, chooser: _Chooser) -> None:
     until nothing changes: a newly added directory can make a further link (such
     as /lib64) useful."""
     pending = []
-    for name, entry in tree.entries.items():
-        if entry.type is FileType.SYMLINK and name not in chooser.chosen \
-                and not chooser.excluded(name):
+    for name in tree.symlinks():
+        if name not in chooser.chosen and not chooser.excluded(name):
             resolution = tree.resolve(name)
             if resolution.target is not None:
                 pending.append((name, resolution))

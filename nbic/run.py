@@ -55,8 +55,6 @@ from nbic.output import (
 )
 from nbic.selection import Selection, Verify
 from nbic.tarstream import tar_members
-from nbic.usage import size_report
-from nbic.verify import VerifyError, describe_failed_replay
 
 log = logging.getLogger("nbic")
 
@@ -164,6 +162,8 @@ def compile_session(config: RunConfig) -> RunResult:
              outcome.image_bytes if outcome.image_bytes is not None else "?",
              config.compression)
     if config.output != "-" and log.isEnabledFor(logging.INFO):
+        from nbic.usage import size_report  # imported only when shown (not with -q)
+
         log.info("%s", size_report(config.output, depth=1, top=5).format())
     if config.kernel_output:
         log.info("wrote %s: the kernel of the modules (%s), from the rootfs's /boot",
@@ -268,6 +268,8 @@ def _judge_replays(result: Result) -> None:
     """Say what each replay found; a failed last one fails the run."""
     if not result.replays:
         return
+    from nbic.verify import VerifyError, describe_failed_replay  # only runs that verify
+
     for path in result.fixed:
         log.info("verify --fix added %s", path)
     last = result.replays[-1]

@@ -10,19 +10,21 @@ the image's entries.
 
 from __future__ import annotations
 
-import argparse
 import enum
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbic.cpio.archive import source_date_epoch
 from nbic.cpio.spec import SpecItem, parse_spec
 from nbic.devices import DeviceNode, parse_device
 from nbic.errors import NbicError, SpecError, UsageError
+
+if TYPE_CHECKING:
+    import argparse  # annotations only: the agent never parses a command line
 
 
 class InitMode(enum.Enum):

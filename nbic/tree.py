@@ -10,6 +10,7 @@ the index only (see `Tree.resolve`), with chroot semantics.
 from __future__ import annotations
 
 import abc
+import functools
 import io
 import logging
 import os
@@ -19,7 +20,7 @@ import tarfile
 import tempfile
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -52,13 +53,23 @@ class Resolution:
 class Tree(abc.ABC):
     """The index shared by all rootfs kinds; subclasses supply the data."""
 
-    def __init__(self, entries: dict[str, Entry], description: str):
+    def __init__(self, entries: MutableMapping[str, Entry], description: str):
         self.entries = entries
         self.description = description
-        self.hardlinks: dict[object, list[str]] = {}
-        for name, entry in entries.items():
+
+    @functools.cached_property
+    def hardlinks(self) -> dict[object, list[str]]:
+        """link_key -> the names of that hardlinked file (wanted only when an
+        image takes a hardlinked file: it reads every entry)."""
+        groups: dict[object, list[str]] = {}
+        for name, entry in self.entries.items():
             if entry.link_key is not None:
-                self.hardlinks.setdefault(entry.link_key, []).append(name)
+                groups.setdefault(entry.link_key, []).append(name)
+        return groups
+
+    def symlinks(self) -> Iterator[str]:
+        """The names of the rootfs's symlinks."""
+        return (name for name, entry in self.entries.items() if entry.type is FileType.SYMLINK)
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries
@@ -143,7 +154,7 @@ class DirTree(Tree):
     so most opens reuse those directories and cost one system call.
     """
 
-    def __init__(self, root: str | Path, entries: dict[str, Entry] | None = None):
+    def __init__(self, root: str | Path, entries: MutableMapping[str, Entry] | None = None):
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise RootfsError(f"rootfs {root} is not a directory")

@@ -269,8 +269,15 @@ def test_the_merged_tree_from_an_index_equals_a_walk(tmp_path):
     (upper / "usr/bin").mkdir(parents=True)
     (upper / "usr/bin/cat").write_text("changed")
     (merged / "usr/bin/cat").write_text("changed")
-    entries = merged_tree(str(merged), str(index), str(upper)).entries
+    tree = merged_tree(str(merged), str(index), str(upper))
+    entries = tree.entries
     walked = DirTree(merged).entries
     assert entries.keys() == walked.keys()
     assert entries["usr/bin/cat"].size == len("changed")
     assert "etc/hostname" not in entries and entries["etc/new"].type is FileType.FILE
+    # Told from the rows before any is made an Entry, then from the Entries.
+    symlinks = {name for name, entry in walked.items() if entry.type is FileType.SYMLINK}
+    assert set(tree.symlinks()) == symlinks != set()
+    untouched = [name for name in walked if name not in ("etc", "etc/new", "usr/bin/cat")]
+    assert [entries[name] for name in untouched] == [walked[name] for name in untouched]
+    assert set(tree.symlinks()) == symlinks

@@ -5,7 +5,9 @@ session:      overlay the rootfs -> trace the session -> closure of what it used
 import-image: unpack an image into a cache volume (for `nbic verify`)
 replay:       replay the check on a cached image alone (`nbic verify`)
 
-Whatever happens, OUTPUT_DIR/result.json says how it went.
+Whatever happens, OUTPUT_DIR/result.json says how it went. Modules that only
+some tasks need (replays, kernels, image imports) are imported where they are
+used: every import is paid at each session's start.
 """
 
 from __future__ import annotations
@@ -13,15 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 import traceback
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 
-from nbic import modules, serial
-from nbic.agent import chroot, mounts, replay
+from nbic import serial
+from nbic.agent import chroot, mounts
 from nbic.agent.protocol import (
     CACHE,
     CACHE_ROOTFS,
@@ -54,10 +55,8 @@ from nbic.agent.trace import Trace, trace_session
 from nbic.closure import ImagePlan, SessionInit, Wanted, plan
 from nbic.cpio.archive import write_archive
 from nbic.cpio.entry import Entry, FileType
-from nbic.cpio.image import read_entries
 from nbic.errors import NbicError
 from nbic.selection import Verify
-from nbic.tools.extract import extract
 from nbic.tree import DirTree, Tree
 
 REPLAY_ROOT = "/nbic-replay"  # a fresh tmpfs per replay of `run --verify`
@@ -194,6 +193,10 @@ def session_task(request: Request, clock: _Clock, frames: Frames | None) -> Resu
 def _write_kernel(tree: Tree, release: str | None) -> str:
     """The kernel the image's modules belong to, from the rootfs as the session
     left it (a session may install the kernel package), beside the image."""
+    import shutil
+
+    from nbic import modules
+
     kver, name = modules.kernel_image(tree, release)
     with tree.open(name) as source, open(f"{OUTPUT_DIR}/{KERNEL_FILE}", "wb") as out:
         shutil.copyfileobj(source, out, 1 << 20)
@@ -234,6 +237,9 @@ def _write_image(image: ImagePlan, tree: Tree, epoch: int | None) -> None:
 
 def _replay_image(image: ImagePlan, tree: Tree) -> Replay:
     """Replay the check on the image just written, unpacked in a fresh tmpfs."""
+    from nbic.agent import replay
+    from nbic.tools.extract import extract
+
     mounts.tmpfs(REPLAY_ROOT)
     try:
         extract(f"{OUTPUT_DIR}/{IMAGE_FILE}", REPLAY_ROOT)
@@ -315,6 +321,9 @@ def index_task() -> Result:
 def import_image_task() -> Result:
     """Unpack the image into the volume being imported; its device nodes are
     listed beside it, for replays where they could not be made."""
+    from nbic.cpio.image import read_entries
+    from nbic.tools.extract import extract
+
     target = f"{IMPORT_DIR}/rootfs"
     os.makedirs(target, exist_ok=True)
     image = f"{INPUT_DIR}/{IMAGE_INPUT}"
@@ -327,6 +336,8 @@ def import_image_task() -> Result:
 
 
 def replay_task(request: Request, clock: _Clock) -> Result:
+    from nbic.agent import replay
+
     _require_ready(IMAGE_CACHE)
     tree = None
     if request.with_rootfs:

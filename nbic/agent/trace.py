@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from nbic.agent import chroot, mounts, strace
+from nbic.agent import chroot, mounts
 from nbic.agent.devices import DeviceWatch, device_node
 from nbic.agent.fanotify import FanotifyTracer, TraceError
 from nbic.agent.protocol import SESSION_DIR, Tracer
@@ -51,6 +51,8 @@ def trace_session(root: str, argv: list[str], env: dict[str, str], choice: Trace
     watch = DeviceWatch(f"{root}/dev") if fanotify is not None else None
     chroot.release_terminal()
     if use_ptrace:
+        from nbic.agent import strace  # imported only for the ptrace tracer
+
         status = chroot.run(strace.command(STRACE_LOG, argv, root), env, chroot_dir=None,
                             ended=strace.MainExit(STRACE_LOG))
     else:
