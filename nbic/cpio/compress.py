@@ -454,7 +454,10 @@ class _ZstdFrameDecompressor:
 
         # zstandard's default window limit is the kernel's: 128 MiB.
         self._codec = zstandard.ZstdDecompressor().decompressobj()
+        # Input not yet fed begins at _fed_to: dropping what was fed only when
+        # more comes spares a move of the rest at every call.
         self._pending = bytearray()
+        self._fed_to = 0
         self._next = _ZstdUnit.HEADER
         self._checksum = False
         self.eof = False
@@ -493,28 +496,35 @@ class _ZstdFrameDecompressor:
             self._next = _ZstdUnit.END
 
     def decompress(self, data: bytes, max_length: int) -> bytes:
-        self._pending += data
+        if data:
+            del self._pending[: self._fed_to]
+            self._fed_to = 0
+            self._pending += data
         blocks = max(1, max_length // ZSTD_BLOCK_MAX)
-        fed = 0
+        start = end = self._fed_to
         starved = False
         while self._next is not _ZstdUnit.END:
             if self._next is _ZstdUnit.BLOCK and not blocks:
                 break
-            size = self._unit_size(fed)
+            size = self._unit_size(end)
             if size is None:
                 starved = True
                 break
             blocks -= self._next is _ZstdUnit.BLOCK
-            self._advance(fed)
-            fed += size
-        out = self._codec.decompress(bytes(self._pending[:fed])) if fed else b""
-        del self._pending[:fed]
+            self._advance(end)
+            end += size
+        out = b""
+        if end > start:
+            with memoryview(self._pending) as view:  # fed without a copy
+                out = self._codec.decompress(view[start:end])
+        self._fed_to = end
         if self._next is _ZstdUnit.END:
             if not self._codec.eof:
                 raise ValueError("the frame's headers and its data disagree on where it ends")
             self.eof = True
-            self.unused_data = bytes(self._pending)
+            self.unused_data = bytes(self._pending[end:])
             self._pending.clear()
+            self._fed_to = 0
         self.needs_input = starved
         return out
 

@@ -26,12 +26,14 @@ SEEK_READAHEAD = 16 << 10
 
 
 class ByteSource:
-    """Buffered reader over a raw binary stream."""
+    """Buffered reader over a raw binary stream. A chunk read into an empty buffer
+    becomes the buffer as it is: the bytes of a listing's skipped file data are
+    never copied (a decoded image is hundreds of MB of them)."""
 
     def __init__(self, raw: BinaryIO, name: str = "input"):
         self._raw = raw
         self.name = name
-        self._buf = bytearray()
+        self._buf: bytes | bytearray = b""
         self._pos = 0
         self._consumed = 0  # bytes taken out of the buffer so far
         self._eof = False
@@ -67,14 +69,15 @@ class ByteSource:
 
     def _fill(self, need: int) -> None:
         while self._available() < need and not self._eof:
-            if self._pos and self._pos >= len(self._buf) // 2:
-                del self._buf[: self._pos]
-                self._pos = 0
             chunk = self._read_raw(max(self._readahead, need - self._available()))
             self._readahead = min(CHUNK, self._readahead * 2)
             if not chunk:
                 self._eof = True
-            else:
+            elif not self._available():
+                self._buf, self._pos = chunk, 0
+            else:  # what is left, then the chunk, in a bytearray that grows in place
+                if self._pos or isinstance(self._buf, bytes):
+                    self._buf, self._pos = bytearray(self._buf[self._pos :]), 0
                 self._buf += chunk
 
     def peek(self, size: int) -> bytes:
@@ -104,9 +107,19 @@ class ByteSource:
         return data
 
     def read_some(self, limit: int) -> bytes:
-        """At most `limit` bytes, whatever is cheapest to hand out (for copying data)."""
+        """At most `limit` bytes, whatever is cheapest to hand out (for copying data):
+        with nothing buffered, a read passes straight through, uncopied."""
         if self._available() == 0:
-            self._fill(1)
+            if self._eof:
+                return b""
+            data = self._read_raw(limit)
+            if not data:
+                self._eof = True
+            elif len(data) > limit:  # a decoder hands out whole chunks: keep the rest
+                self._buf, self._pos = data, limit
+                data = data[:limit]
+            self._consumed += len(data)
+            return data
         size = min(limit, self._available())
         data = bytes(self._buf[self._pos : self._pos + size])
         self._pos += size
@@ -117,7 +130,7 @@ class ByteSource:
         """Put bytes back in front of the stream (a decompressor read past its end)."""
         if not data:
             return
-        self._buf[self._pos : self._pos] = data
+        self._buf, self._pos = data + self._buf[self._pos :], 0
         self._consumed -= len(data)
 
     def skip(self, size: int, what: str) -> None:
@@ -148,8 +161,7 @@ class ByteSource:
                 remaining -= len(chunk)
                 self._consumed += len(chunk)
                 continue
-            self._buf = bytearray(chunk[remaining:])
-            self._pos = 0
+            self._buf, self._pos = chunk, remaining
             self._consumed += remaining
             remaining = 0
 
