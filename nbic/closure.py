@@ -67,6 +67,8 @@ class Origin(enum.Enum):
 
 @dataclass(frozen=True)
 class Data:
+    """Where the bytes of one regular file of an image are."""
+
     origin: Origin
     path: str
     root: str | None = None  # Origin.FILE below ${NBIC_ROOT}: nothing below it is followed

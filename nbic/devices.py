@@ -11,6 +11,8 @@ from nbic.errors import UsageError
 
 @dataclass(frozen=True)
 class DeviceNode:
+    """A device node an image holds: its archive name, type and numbers."""
+
     name: str  # archive name, e.g. "dev/console"
     type: FileType
     major: int

@@ -59,6 +59,8 @@ class SourceKind(enum.Enum):
 
 @dataclass(frozen=True)
 class RootfsSource:
+    """Where a reference rootfs comes from."""
+
     kind: SourceKind
     location: str  # a path, an image reference, or a suite
     mirror: str = DEFAULT_MIRROR

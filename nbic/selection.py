@@ -41,18 +41,24 @@ class Verify(enum.Enum):
 
 @dataclass(frozen=True)
 class FileList:
+    """The paths of one file list (--files-from)."""
+
     name: str  # where it was read from, for the report
     paths: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class SpecList:
+    """The lines of one gen_init_cpio spec list (--spec)."""
+
     name: str
     items: tuple[SpecItem, ...]
 
 
 @dataclass(frozen=True)
 class Selection:
+    """Every option that decides what goes into an image."""
+
     file_lists: tuple[FileList, ...] = ()
     spec_lists: tuple[SpecList, ...] = ()
     include: tuple[str, ...] = ()  # globs over absolute rootfs paths

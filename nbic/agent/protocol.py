@@ -111,6 +111,8 @@ class EntryOrigin(enum.Enum):
 
 @dataclass(frozen=True)
 class Session:
+    """What runs in the container and how it is traced."""
+
     command: tuple[str, ...] = ()  # empty: the script, the rootfs's /chroot, else /bin/sh
     script: bool = False  # INPUT_DIR/script is the session
     tracer: Tracer = Tracer.AUTO
@@ -119,6 +121,8 @@ class Session:
 
 @dataclass(frozen=True)
 class Request:
+    """What the host asks of one agent run (its only argument, as JSON)."""
+
     task: Task
     selection: Selection = field(default_factory=Selection)
     # SESSION: what runs; REPLAY: the check (its command, or INPUT_DIR/check as script).
@@ -138,6 +142,8 @@ class Lookup:
 
 @dataclass(frozen=True)
 class Replay:
+    """One replay of the check on the image alone, and what it looked up in vain."""
+
     status: int  # the check's exit status
     output: str  # its output (stdout and stderr, tail)
     missing: tuple[Lookup, ...] = ()
@@ -145,6 +151,8 @@ class Replay:
 
 @dataclass(frozen=True)
 class Result:
+    """How an agent run went: OUTPUT_DIR/result.json."""
+
     ok: bool
     error: str = ""
     session_status: int | None = None

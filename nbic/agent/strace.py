@@ -60,6 +60,8 @@ class _Process:
 
 @dataclass
 class StraceTrace:
+    """The lookups of a strace log."""
+
     # path -> (call, program): the first lookup of each path that found it, and
     # of each that did not (ENOENT, ENOTDIR).
     used: dict[str, tuple[str, str]] = field(default_factory=dict)

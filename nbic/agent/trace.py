@@ -32,6 +32,8 @@ _FANOTIFY_REFUSED = (errno.EPERM, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)
 
 @dataclass
 class Trace:
+    """What the tracers saw of one session."""
+
     status: int  # the session's exit status
     tracer: str  # which tracers ran
     uses: dict[str, tuple[str, str]] = field(default_factory=dict)  # path -> (call, program)

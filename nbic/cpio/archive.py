@@ -33,6 +33,8 @@ class Member:
 
 @dataclass(frozen=True)
 class ArchiveStats:
+    """What an archive written holds."""
+
     entries: int
     data_bytes: int
 

@@ -86,6 +86,8 @@ MAGICS = (
 
 @dataclass(frozen=True)
 class CompressionSpec:
+    """A compression method and its level (None: the method's default)."""
+
     method: Compression
     level: int | None = None
 
