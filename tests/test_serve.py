@@ -809,3 +809,32 @@ def test_proxy_dhcp_boots_a_pxe_guest_beside_the_sites_dhcp(lan, tmp_path, bzima
         line = rf'"GET /{name} HTTP/1\.1" 200 {size} bytes' if protocol == "http" else \
             rf'"RRQ {name} octet.*" ok {size} bytes'
         assert re.search(rf"{re.escape(leased.group(1))}:\d+ {line}", served), served
+
+
+def test_stopping_the_servers_ends_and_logs_every_transfer(tree, nbic_log):
+    """A client that stalls mid-transfer does not hold stop(), and each transfer
+    is logged before stop() returns (none after, from a leftover thread)."""
+    http = HttpServer(ServedDir(tree), ("127.0.0.1", 0))
+    tftp = TftpServer(ServedDir(tree), ("127.0.0.1", 0))
+    http.start()
+    tftp.start()
+    stalled_http = socket.create_connection(http.address)
+    stalled_http.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled_http.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+    stalled_http.recv(100)  # the transfer has begun; it is never read further
+    idle_http = socket.create_connection(http.address)  # a connection with no request
+    stalled_tftp = TftpClient(tftp.address)
+    stalled_tftp.request(b"big", timeout=30)  # a long wait for each ACK, never sent
+    assert stalled_tftp.receive()[0] == Opcode.OACK
+    start = time.monotonic()
+    http.stop()
+    tftp.stop()
+    assert time.monotonic() - start < 5
+    assert any(re.search(r'^http 127\.0\.0\.1:\d+ "GET /big HTTP/1\.1" 200 \d+ bytes', line)
+               for line in nbic_log.lines), nbic_log.lines
+    assert any(re.search(r'^tftp 127\.0\.0\.1:\d+ "RRQ big octet timeout=30" '
+                         r'abandoned: the server stopped', line)
+               for line in nbic_log.lines), nbic_log.lines
+    for connection in (stalled_http, idle_http):
+        connection.close()
+    stalled_tftp.close()

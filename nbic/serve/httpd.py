@@ -5,8 +5,10 @@ page cache to the socket with sendfile(2)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import socket
 import socketserver
 import threading
 import time
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from nbic import __version__
@@ -174,7 +176,31 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+    """Threads per request, which `server_close` joins once `cut_connections`
+    has ended their transfers: a stopped server has logged every request."""
+
+    daemon_threads = False
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def cut_connections(self) -> None:
+        with self._connections_lock:
+            for connection in self._connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
 
     def server_bind(self) -> None:
         # HTTPServer would look the address up in DNS (getfqdn), which can
@@ -203,5 +229,6 @@ class HttpServer:
 
     def stop(self) -> None:
         self._server.shutdown()
+        self._server.cut_connections()
         self._server.server_close()
         self._thread.join()

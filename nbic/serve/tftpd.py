@@ -36,6 +36,7 @@ MIN_BLKSIZE, MAX_BLKSIZE = 8, 65464  # RFC 2348
 MIN_TIMEOUT, MAX_TIMEOUT = 1, 255  # RFC 2349, seconds
 DEFAULT_TIMEOUT = 1.0
 RETRIES = 5  # retransmissions of one packet before the transfer is abandoned
+_STOP_POLL = 0.2  # how often a transfer waiting for an ACK looks whether the server stops
 
 _NETASCII_CHUNK = 1 << 16
 
@@ -192,11 +193,13 @@ class _Refused(Exception):
 
 
 class _Transfer:
-    def __init__(self, sock: socket.socket, request: Request, served: ServedFile, mode: Mode):
+    def __init__(self, sock: socket.socket, request: Request, served: ServedFile, mode: Mode,
+                 stopping: threading.Event):
         self.sock = sock
         self.request = request
         self.served = served
         self.mode = mode
+        self.stopping = stopping
         self.sent = 0
 
     def run(self) -> None:
@@ -219,11 +222,13 @@ class _Transfer:
             self.sock.send(packet)
             deadline = time.monotonic() + timeout
             while (left := deadline - time.monotonic()) > 0:
-                self.sock.settimeout(left)
+                self.sock.settimeout(min(left, _STOP_POLL))
                 try:
                     reply = self.sock.recv(MAX_DATAGRAM)
                 except TimeoutError:
-                    break
+                    if self.stopping.is_set():
+                        raise _Abandoned("the server stopped") from None
+                    continue
                 except ConnectionRefusedError:
                     raise _Abandoned("the client's port is closed") from None
                 if len(reply) < 4:
@@ -244,6 +249,8 @@ class TftpServer:
     def __init__(self, served: ServedDir, address: tuple[str, int]):
         self.served = served
         self._loop = UdpLoop(udp_socket(address), self._request, "tftp")
+        self._stopping = threading.Event()
+        self._transfers: list[threading.Thread] = []
 
     @property
     def address(self) -> tuple[str, int]:
@@ -253,7 +260,12 @@ class TftpServer:
         self._loop.start()
 
     def stop(self) -> None:
+        """No new transfers; those under way end (at once if waiting for a client)
+        and are joined, so every transfer is logged when this returns."""
         self._loop.stop()
+        self._stopping.set()
+        for transfer in self._transfers:
+            transfer.join()
 
     def _request(self, packet: bytes, client: tuple[str, int]) -> None:
         opcode = int.from_bytes(packet[:2], "big")
@@ -270,8 +282,11 @@ class TftpServer:
             return
         # A retransmitted request starts a second transfer, which the client
         # ends with "unknown transfer ID" once it has the first (RFC 1350).
-        threading.Thread(target=self._transfer, args=(request, client),
-                         name=f"tftp {client[0]}:{client[1]}", daemon=True).start()
+        transfer = threading.Thread(target=self._transfer, args=(request, client),
+                                    name=f"tftp {client[0]}:{client[1]}", daemon=True)
+        # Only the loop's thread adds transfers; stop() joins them after it ended.
+        self._transfers = [*(t for t in self._transfers if t.is_alive()), transfer]
+        transfer.start()
 
     def _transfer(self, request: Request, client: tuple[str, int]) -> None:
         start, sent = time.monotonic(), 0
@@ -280,7 +295,7 @@ class TftpServer:
                 sock.bind((self.address[0], 0))
                 sock.connect(client)
                 served = self._open(request)
-                transfer = _Transfer(sock, request, served, Mode(request.mode))
+                transfer = _Transfer(sock, request, served, Mode(request.mode), self._stopping)
                 try:
                     transfer.run()
                     status = "ok"
