@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from nbic import engine, progress, serial
-from nbic.agent.protocol import IMPORT_DIR, READY_MARK, Request, Task
+from nbic.agent.protocol import IMPORT_DIR, Request, Task
 from nbic.cache import user_cache
 from nbic.cpio.archive import Member, order
 from nbic.cpio.compress import decompressor_for
@@ -316,7 +316,7 @@ def _import(client, source: RootfsSource, builder: str, volume: str) -> None:
         # it runs in a container, where it makes none.
         script = (f"mknod /tmp/nbic-probe c 1 3 2>/dev/null || export container=lxc; "
                   f"debootstrap --variant=minbase {source.location} {IMPORT_DIR}/rootfs "
-                  f"{source.mirror} && {index} && touch {IMPORT_DIR}/{READY_MARK}")
+                  f"{source.mirror} && {index}")
         with engine.container(client, builder, ["sh", "-c", script], role="import",
                               volumes=mounts) as helper, \
                 progress.waiting(f"debootstrap {source.location}"):
@@ -348,8 +348,7 @@ def _import(client, source: RootfsSource, builder: str, volume: str) -> None:
             log.info("this engine cannot make device nodes (a rootless engine): %d of the "
                      "rootfs's were left out (/%s, ...); images still get the nodes a boot "
                      "needs and those a session opens", len(left_out), left_out[0])
-        engine.run_in(helper, INDEX_COMMAND, "indexing the rootfs")
-        engine.run_in(helper, ["touch", f"{IMPORT_DIR}/{READY_MARK}"], "finishing the import")
+        engine.run_in(helper, INDEX_COMMAND, "indexing the rootfs")  # and marking it ready
 
 
 def _plain_tar_size(source: RootfsSource) -> int | None:

@@ -51,6 +51,7 @@ from nbic.agent.protocol import (
 )
 from nbic.agent.relay import Frames, session_output
 from nbic.agent.rootfs_index import INDEX_FILE, merged_tree, write_index
+from nbic.agent.syscalls import syncfs
 from nbic.agent.trace import Trace, trace_session
 from nbic.closure import ImagePlan, SessionInit, Wanted, plan
 from nbic.cpio.archive import write_archive
@@ -312,8 +313,17 @@ _TYPE_NAMES = {FileType.FILE: "file", FileType.DIR: "dir", FileType.SYMLINK: "sy
 # --- imports -------------------------------------------------------------------
 
 def index_task() -> Result:
+    """Index a rootfs just imported into IMPORT_DIR, then mark the volume ready."""
     count = write_index(f"{IMPORT_DIR}/rootfs", f"{IMPORT_DIR}/{INDEX_FILE}")
+    _mark_ready()
     return Result(ok=True, entries=count)
+
+
+def _mark_ready() -> None:
+    """Mark the volume in IMPORT_DIR ready once what is in it is on disk: after a
+    crash a volume is either marked ready and whole, or not marked."""
+    syncfs(IMPORT_DIR)
+    open(f"{IMPORT_DIR}/{READY_MARK}", "w").close()
 
 
 # --- nbic verify -----------------------------------------------------------------
@@ -331,7 +341,7 @@ def import_image_task() -> Result:
     devices = [serial.to_data(entry) for entry in read_entries(image) if entry.is_device]
     with open(f"{IMPORT_DIR}/{DEVICES_FILE}", "w", encoding="utf-8") as out:
         json.dump(devices, out)
-    open(f"{IMPORT_DIR}/{READY_MARK}", "w").close()
+    _mark_ready()
     return Result(ok=True, entries=count)
 
 

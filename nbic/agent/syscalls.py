@@ -13,6 +13,7 @@ _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 _libc.fanotify_init.argtypes = (ctypes.c_uint, ctypes.c_uint)
 _libc.fanotify_mark.argtypes = (ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int,
                                 ctypes.c_char_p)
+_libc.syncfs.argtypes = (ctypes.c_int,)
 
 MS_RDONLY = 1
 MS_BIND = 4096
@@ -48,6 +49,15 @@ def fanotify_init(flags: int, event_flags: int) -> int:
 
 def fanotify_mark(fd: int, flags: int, mask: int, dirfd: int, path: str | None) -> None:
     _check(_libc.fanotify_mark(fd, flags, mask, dirfd, _bytes(path)), "fanotify_mark")
+
+
+def syncfs(path: str) -> None:
+    """Write out the filesystem holding `path` (only that one, unlike sync())."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _check(_libc.syncfs(fd), f"syncfs {path}")
+    finally:
+        os.close(fd)
 
 
 def close_in_background(fd: int) -> None:
