@@ -432,22 +432,29 @@ def container(client: docker.DockerClient, image: str, command: list[str], *,
     try:
         yield created
     except BaseException:
-        remove_container(created, quiet=removes_itself)
+        remove_container(created, removes_itself)
         raise
     if not removes_itself:
         remove_container(created)
 
 
-def remove_container(created: Any, quiet: bool = False) -> None:
-    """Remove with force. `quiet`: a container that removes itself may be going
-    already, which the engine reports as a conflict (409, or Podman's 500)."""
+# How engines refuse to remove a container that is being removed already:
+# Docker answers 409 Conflict, Podman 500.
+REMOVAL_IN_PROGRESS = frozenset({409, 500})
+
+
+def remove_container(created: Any, removes_itself: bool = False) -> None:
+    """Remove with force. A container that `removes_itself` may be going already,
+    which is no failure; anything else (an unreachable engine) still is."""
     try:
         created.remove(force=True, v=False)
     except _sdk().errors.NotFound:
         pass
     except _failures() as exc:
-        if not quiet:
-            log.warning("could not remove container %s: %s", created.id[:12], _explain(exc))
+        if removes_itself and isinstance(exc, _sdk().errors.APIError) \
+                and exc.status_code in REMOVAL_IN_PROGRESS:
+            return
+        log.warning("could not remove container %s: %s", created.id[:12], _explain(exc))
 
 
 def start(created: Any, what: str) -> None:

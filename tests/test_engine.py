@@ -194,3 +194,35 @@ def test_stale_containers_are_removed_and_no_other(docker_engine):
         for created in made.values():
             with contextlib.suppress(docker.errors.NotFound):
                 created.remove(force=True)
+
+
+class _Refusing:
+    """A stand-in container whose removal fails with `failure`."""
+
+    id = "0123456789abcdef"
+
+    def __init__(self, failure: Exception):
+        self.failure = failure
+
+    def remove(self, **_options):
+        raise self.failure
+
+
+def _api_error(status: int, kind: type = docker.errors.APIError) -> docker.errors.APIError:
+    response = requests.Response()
+    response.status_code = status
+    return kind("refused", response=response)
+
+
+@pytest.mark.parametrize(("failure", "removes_itself", "warned"), [
+    (_api_error(409), True, False),  # Docker: its own removal is under way
+    (_api_error(500), True, False),  # Podman says the same with a 500
+    (_api_error(409), False, True),
+    (requests.exceptions.ConnectionError("engine gone"), True, True),
+    (_api_error(404, docker.errors.NotFound), False, False),  # already gone
+])
+def test_a_removal_already_under_way_is_no_failure_but_others_are(
+        caplog, failure, removes_itself, warned):
+    with caplog.at_level("WARNING", logger="nbic"):
+        engine.remove_container(_Refusing(failure), removes_itself)
+    assert ("could not remove container" in caplog.text) is warned
