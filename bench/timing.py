@@ -66,30 +66,30 @@ def best_of(action: Callable[[], float | None], n: int = REPEAT,
     return sample
 
 
-def time_cmd(cmd: str | Sequence[str], n: int = REPEAT, *, cwd: str | None = None,
-             warmup: bool = True) -> Sample:
-    """Best-of-n wall time of a command, after one untimed warm-up run."""
-    if warmup:
-        run(cmd, cwd=cwd)
-
-    def action() -> None:
-        run(cmd, cwd=cwd)
-
-    return best_of(action, n)
-
-
 def time_alternating(cmds: dict[str, str | Sequence[str]], n: int = REPEAT, *,
-                     warmup: bool = True) -> dict[str, Sample]:
+                     warmup: bool = True,
+                     settle: dict[str, str | Sequence[str]] | None = None) -> dict[str, Sample]:
     """Wall times of several commands run in turn, n rounds (after one untimed
     warm-up round): a machine whose load changes during the benchmark slows
-    them alike, so their ratio holds better than with all runs of one first."""
+    them alike, so their ratio holds better than with all runs of one first.
+    A command's `settle` command runs after it, untimed: it waits for work the
+    command left to the machine (an engine removing a container), which would
+    otherwise be charged to the next command."""
+    settle = settle or {}
+
+    def one(name: str) -> float:
+        start = time.perf_counter()
+        run(cmds[name])
+        seconds = time.perf_counter() - start
+        if name in settle:
+            run(settle[name])
+        return seconds
+
     if warmup:
-        for cmd in cmds.values():
-            run(cmd)
+        for name in cmds:
+            one(name)
     samples = {name: Sample() for name in cmds}
     for _ in range(n):
-        for name, cmd in cmds.items():
-            start = time.perf_counter()
-            run(cmd)
-            samples[name].runs.append(time.perf_counter() - start)
+        for name in cmds:
+            samples[name].runs.append(one(name))
     return samples
