@@ -28,7 +28,6 @@ from nbic import engine, progress, serial
 from nbic.agent.protocol import IMPORT_DIR, Request, Task
 from nbic.cache import user_cache
 from nbic.cpio.archive import Member, order
-from nbic.cpio.compress import decompressor_for
 from nbic.cpio.entry import FileType
 from nbic.cpio.source import CHUNK, ByteSource, ChunkReader, DecompressedSource
 from nbic.errors import NbicError, RootfsError, UsageError
@@ -113,8 +112,7 @@ def _file_chunks(path: str) -> Iterator[bytes]:
             while chunk := stream.read(CHUNK):
                 yield chunk
             return
-        with DecompressedSource(ByteSource(stream, path), decompressor_for(method, head),
-                                method.value) as source:
+        with DecompressedSource(ByteSource(stream, path), method, head) as source:
             while chunk := source.read_some(CHUNK):
                 yield chunk
 

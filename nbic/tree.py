@@ -475,14 +475,12 @@ class TarTree(Tree):
 
     @contextmanager
     def _open_stream(self) -> Iterator[_TarMembers]:
-        from nbic.cpio.compress import decompressor_for
         from nbic.cpio.source import CHUNK, ByteSource, ChunkReader, DecompressedSource
 
         self._stream.seek(0)
         outer = ByteSource(self._stream, self._label)
         head = outer.peek(8)
-        with DecompressedSource(outer, decompressor_for(self._method, head),
-                                self._method.value) as inner:
+        with DecompressedSource(outer, self._method, head) as inner:
             chunks = iter(lambda: inner.read_some(CHUNK), b"")
             members = _TarMembers(ChunkReader(chunks), seekable=False, decompressed=True)
             try:

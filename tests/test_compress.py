@@ -2,6 +2,7 @@
 
 import io
 import lzma
+import random
 import shutil
 import struct
 import subprocess
@@ -16,7 +17,8 @@ from nbic.cpio.archive import Member, write_archive
 from nbic.cpio.compress import Compression, CompressionSpec, compressed_writer
 from nbic.cpio.entry import Entry, FileType
 from nbic.cpio.image import ImageReader
-from nbic.errors import UsageError
+from nbic.cpio.source import ByteSource
+from nbic.errors import CompressionError, UsageError
 
 # Enough varied data to span several zstd jobs and lz4 legacy blocks.
 PAYLOAD = b"".join(i.to_bytes(4, "little") * (i % 7 + 1) for i in range(600_000))
@@ -175,3 +177,68 @@ def test_zero_padding_after_an_lz4_legacy_segment_ends_it():
 
     blob = segment("a", Compression.LZ4) + b"\0" * 8 + segment("b", Compression.GZIP)
     assert [entry.name for entry in ImageReader(io.BytesIO(blob))] == ["a", "b"]
+
+
+class Pieces(io.RawIOBase):
+    """A stream that hands out its bytes in small pieces of random size, as a pipe may."""
+
+    def __init__(self, data: bytes, rng: random.Random):
+        self._data = memoryview(data)
+        self._rng = rng
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        size = min(len(target), self._rng.choice((1, 2, 3, 5, 17, 64, 1000, 70_000)))
+        piece = self._data[:size]
+        target[: len(piece)] = piece
+        self._data = self._data[len(piece) :]
+        return len(piece)
+
+
+def _zstd_frame(rng: random.Random) -> tuple[bytes, bytes]:
+    """Data of every block kind (raw, RLE, compressed) and a frame of it."""
+    parts = []
+    for _ in range(rng.randrange(0, 8)):
+        kind = rng.randrange(3)
+        size = rng.randrange(0, 200_000)
+        parts.append(rng.randbytes(size) if kind == 0 else bytes([rng.randrange(256)]) * size
+                     if kind == 1 else b"nbic %d " % rng.randrange(1000) * (size // 8))
+    data = b"".join(parts)
+    frame = zstandard.ZstdCompressor(level=rng.choice((1, 3, 19)),
+                                     write_checksum=rng.random() < 0.5,
+                                     write_content_size=rng.random() < 0.5).compress(data)
+    return data, frame
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_a_zstd_frame_is_read_to_its_end_and_not_a_byte_beyond(seed):
+    # Unit headers cut between input pieces, a frame ending inside a piece: the
+    # data comes out whole, and what follows the frame stays with the outer source.
+    rng = random.Random(seed)
+    data, frame = _zstd_frame(rng)
+    after = rng.randbytes(rng.randrange(0, 100))
+    outer = ByteSource(Pieces(frame + after, rng), "test")
+    limit = rng.choice((4096, 65536, 1 << 20))
+    reader = compress.ZstdFrameReader(outer, "test", limit)
+    chunks = list(iter(reader, b""))
+    assert b"".join(chunks) == data
+    assert all(len(chunk) <= limit for chunk in chunks)
+    assert reader() == b""
+    assert outer.read(len(after) + 1) == after
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_cut_or_corrupt_zstd_frame_is_an_error(seed):
+    rng = random.Random(seed)
+    data, _ = _zstd_frame(rng)
+    # With a checksum, a flipped bit anywhere is found, if not before then at the end.
+    frame = zstandard.ZstdCompressor(write_checksum=True).compress(data + rng.randbytes(5000))
+    cut = frame[: rng.randrange(0, len(frame))]
+    corrupt = bytearray(frame)
+    corrupt[rng.randrange(len(frame) // 2, len(frame))] ^= 1 << rng.randrange(8)
+    for bad in (cut, bytes(corrupt)):
+        reader = compress.ZstdFrameReader(ByteSource(Pieces(bad, rng), "test"), "test", 4096)
+        with pytest.raises(CompressionError):
+            list(iter(reader, b""))

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import IO, TYPE_CHECKING, BinaryIO, Protocol, cast
 
 from nbic.errors import CompressionError, UsageError
 
@@ -445,10 +445,55 @@ class _ZstdUnit(enum.Enum):
     END = "end"
 
 
+ZSTD_FRAME_HEADER_MAX = 18  # magic, descriptor, window, dictionary ID, content size
+
+
+class _ZstdFrameWalk:
+    """Walks the units of one zstd frame (its header, its blocks, its checksum)
+    by their headers alone, without decoding them: how long each is, and so
+    where the frame ends."""
+
+    def __init__(self) -> None:
+        self.next = _ZstdUnit.HEADER
+        self._checksum = False
+
+    @property
+    def ended(self) -> bool:
+        return self.next is _ZstdUnit.END
+
+    def unit_size(self, data: bytes | bytearray, at: int) -> int | None:
+        """Bytes of the unit at `at`, its header and content, or None while its
+        header is not all in `data` (its content need not be)."""
+        if self.next is _ZstdUnit.HEADER:
+            if len(data) < at + 5:
+                return None
+            descriptor = data[at + 4]
+            single_segment = descriptor >> 5 & 1
+            return (5 + (not single_segment) + (0, 1, 2, 4)[descriptor & 3]
+                    + (single_segment, 2, 4, 8)[descriptor >> 6])
+        if self.next is _ZstdUnit.BLOCK:
+            if len(data) < at + 3:
+                return None
+            header = int.from_bytes(data[at : at + 3], "little")
+            return 3 + (1 if header >> 1 & 3 == 1 else header >> 3)  # RLE: one byte
+        return 4
+
+    def advance(self, data: bytes | bytearray, at: int) -> None:
+        """Move past the unit at `at` (its header is in `data`)."""
+        if self.next is _ZstdUnit.HEADER:
+            self._checksum = bool(data[at + 4] & 4)
+            self.next = _ZstdUnit.BLOCK
+        elif self.next is _ZstdUnit.BLOCK:
+            if data[at] & 1:  # the frame's last block
+                self.next = _ZstdUnit.CHECKSUM if self._checksum else _ZstdUnit.END
+        else:
+            self.next = _ZstdUnit.END
+
+
 class _ZstdFrameDecompressor:
-    """One zstd frame. zstandard's decompressobj has no output bound, but it is
-    fed here whole blocks, a bounded number per call, and no block decodes to
-    more than 128 KiB. Walking the frame's headers also tells where the frame
+    """One zstd frame, fed by the caller. zstandard's decompressobj has no output
+    bound, but it is fed here whole blocks, a bounded number per call, and no
+    block decodes to more than 128 KiB. Walking the frame also tells where it
     ends, so nothing after it is consumed."""
 
     def __init__(self):
@@ -456,79 +501,119 @@ class _ZstdFrameDecompressor:
 
         # zstandard's default window limit is the kernel's: 128 MiB.
         self._codec = zstandard.ZstdDecompressor().decompressobj()
+        self._walk = _ZstdFrameWalk()
         # Input not yet fed begins at _fed_to: dropping what was fed only when
         # more comes spares a move of the rest at every call.
         self._pending = bytearray()
         self._fed_to = 0
-        self._next = _ZstdUnit.HEADER
-        self._checksum = False
         self.eof = False
         self.unused_data = b""
         self.needs_input = True
-
-    def _unit_size(self, at: int) -> int | None:
-        """Bytes of the next unit of the frame at `at`, or None if not all there."""
-        data = self._pending
-        if self._next is _ZstdUnit.HEADER:
-            if len(data) < at + 5:
-                return None
-            descriptor = data[at + 4]
-            single_segment = descriptor >> 5 & 1
-            size = (5 + (not single_segment) + (0, 1, 2, 4)[descriptor & 3]
-                    + (single_segment, 2, 4, 8)[descriptor >> 6])
-        elif self._next is _ZstdUnit.BLOCK:
-            if len(data) < at + 3:
-                return None
-            header = int.from_bytes(data[at : at + 3], "little")
-            size = 3 + (1 if header >> 1 & 3 == 1 else header >> 3)  # RLE: one byte
-        else:
-            size = 4
-        return size if len(data) >= at + size else None
-
-    def _advance(self, at: int) -> None:
-        """Move past the unit at `at`."""
-        data = self._pending
-        if self._next is _ZstdUnit.HEADER:
-            self._checksum = bool(data[at + 4] & 4)
-            self._next = _ZstdUnit.BLOCK
-        elif self._next is _ZstdUnit.BLOCK:
-            if data[at] & 1:  # the frame's last block
-                self._next = _ZstdUnit.CHECKSUM if self._checksum else _ZstdUnit.END
-        else:
-            self._next = _ZstdUnit.END
 
     def decompress(self, data: bytes, max_length: int) -> bytes:
         if data:
             del self._pending[: self._fed_to]
             self._fed_to = 0
             self._pending += data
+        walk, pending = self._walk, self._pending
         blocks = max(1, max_length // ZSTD_BLOCK_MAX)
         start = end = self._fed_to
         starved = False
-        while self._next is not _ZstdUnit.END:
-            if self._next is _ZstdUnit.BLOCK and not blocks:
+        while not walk.ended:
+            if walk.next is _ZstdUnit.BLOCK and not blocks:
                 break
-            size = self._unit_size(end)
-            if size is None:
+            size = walk.unit_size(pending, end)
+            if size is None or len(pending) < end + size:
                 starved = True
                 break
-            blocks -= self._next is _ZstdUnit.BLOCK
-            self._advance(end)
+            blocks -= walk.next is _ZstdUnit.BLOCK
+            walk.advance(pending, end)
             end += size
         out = b""
         if end > start:
-            with memoryview(self._pending) as view:  # fed without a copy
+            with memoryview(pending) as view:  # fed without a copy
                 out = self._codec.decompress(view[start:end])
         self._fed_to = end
-        if self._next is _ZstdUnit.END:
+        if walk.ended:
             if not self._codec.eof:
                 raise ValueError("the frame's headers and its data disagree on where it ends")
             self.eof = True
-            self.unused_data = bytes(self._pending[end:])
-            self._pending.clear()
+            self.unused_data = bytes(pending[end:])
+            pending.clear()
             self._fed_to = 0
         self.needs_input = starved
         return out
+
+
+class FrameInput(Protocol):
+    """Where a ZstdFrameReader reads its frame from (a ByteSource)."""
+
+    @property
+    def offset(self) -> int: ...
+
+    def read_some(self, limit: int) -> bytes: ...
+
+    def unread(self, data: bytes) -> None: ...
+
+
+class ZstdFrameReader:
+    """One zstd frame read from `outer`, decoded by zstandard's stream reader,
+    which decodes straight into the chunk it returns (decompressobj decodes into
+    a buffer and copies that into a growing result: here 10-15% slower). Each
+    call returns at most `limit` bytes, b"" at the frame's end; no more is ever
+    decoded than asked for. The reader is given the frame's bytes and never one
+    past its end, found by walking its headers; what `outer` gave beyond the
+    end goes back to it."""
+
+    def __init__(self, outer: FrameInput, name: str, limit: int):
+        import zstandard
+
+        self._outer = outer
+        self._name = name
+        self._start = outer.offset
+        self._limit = limit
+        self._walk = _ZstdFrameWalk()
+        self._carry = b""  # the start of a unit header cut by the end of the last input
+        self._next = 0  # where the next unit starts, from the start of the next input
+        self._done = False  # every byte of the frame was handed to the reader
+        self._errors = zstandard.ZstdError
+        # The stream reader needs only this object's read().
+        self._reader = zstandard.ZstdDecompressor().stream_reader(
+            cast("IO[bytes]", self), read_size=limit, read_across_frames=False, closefd=False)
+
+    def read(self, size: int) -> bytes:
+        """The frame's next input, for the stream reader (`size` is a hint)."""
+        if self._done:
+            return b""
+        chunk = self._outer.read_some(self._limit)
+        if not chunk:
+            raise CompressionError(f"truncated zstd data in {self._name}", self._start)
+        walk, at = self._walk, self._next
+        while not walk.ended and at < len(chunk):
+            # A unit that began in the last input is walked on its header's bytes.
+            data, base = (self._carry + chunk[:ZSTD_FRAME_HEADER_MAX], at) if at < 0 \
+                else (chunk, 0)
+            length = walk.unit_size(data, at - base)
+            if length is None:
+                self._carry = bytes(data[at - base :])
+                at = len(chunk)
+                break
+            walk.advance(data, at - base)
+            self._carry = b""
+            at += length
+        if walk.ended and at <= len(chunk):
+            self._done = True
+            self._outer.unread(chunk[at:])
+            return chunk[:at] if at < len(chunk) else chunk
+        self._next = -len(self._carry) if self._carry else at - len(chunk)
+        return chunk
+
+    def __call__(self) -> bytes:
+        try:
+            return self._reader.read(self._limit)
+        except self._errors as exc:
+            raise CompressionError(f"corrupt zstd data in {self._name}: {exc}",
+                                   self._start) from exc
 
 
 class _Lz4LegacyDecompressor:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
-from nbic.cpio.compress import Compression, decompressor_for, detect
+from nbic.cpio.compress import Compression, detect
 from nbic.cpio.entry import Entry
 from nbic.cpio.newc import MAGIC_CRC, MAGIC_NEWC, MAGIC_ODC, ArchiveReader
 from nbic.cpio.source import ByteSource, DecompressedSource
@@ -82,8 +82,7 @@ class ImageReader:
                                   f"(starts {head[:6].hex()}) at {outer.location(outer.offset)}",
                                   outer.offset)
             start = outer.offset
-            with DecompressedSource(outer, decompressor_for(method, head),
-                                    method.value) as inner:
+            with DecompressedSource(outer, method, head) as inner:
                 yield from self._archives(inner, method, start, single=False)
                 self._expansion += inner.offset - (outer.offset - start)
         if not self.segments:

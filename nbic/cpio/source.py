@@ -12,10 +12,13 @@ import os
 import queue
 import threading
 import weakref
-from collections.abc import Iterator
-from typing import BinaryIO, Protocol
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from nbic.errors import CompressionError, FormatError, NbicError
+
+if TYPE_CHECKING:
+    from nbic.cpio.compress import Compression
 
 CHUNK = 1 << 20
 # After a seek past file data the next header is all that is sure to be read,
@@ -234,21 +237,22 @@ class _Decoder:
 
 
 class _DecodeAhead:
-    """Runs a _Decoder in a thread, at most PREFETCH chunks ahead of the reader:
-    the codecs release the GIL, so decoding overlaps parsing (as `zstd -dc | cpio`
-    overlaps them in two processes) and memory stays bounded. Holds no reference
-    to its source, so a source dropped unread still stops it (see `stop`)."""
+    """Runs a decoder (a callable that returns the next chunk, b"" at the end) in a
+    thread, at most PREFETCH chunks ahead of the reader: the codecs release the
+    GIL, so decoding overlaps what the reader does with the data (cpio-extract's
+    writes) and memory stays bounded. Holds no reference to its source, so a
+    source dropped unread still stops it (see `stop`)."""
 
     PREFETCH = 4
 
-    def __init__(self, decode: _Decoder):
+    def __init__(self, decode: Callable[[], bytes]):
         self._chunks: queue.Queue[bytes | BaseException] = queue.Queue(self.PREFETCH)
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(decode,),
                                         name="nbic-decompress", daemon=True)
         self._thread.start()
 
-    def _run(self, decode: _Decoder) -> None:
+    def _run(self, decode: Callable[[], bytes]) -> None:
         try:
             while not self._stopped.is_set():
                 chunk = decode()
@@ -282,13 +286,17 @@ class DecompressedSource(ByteSource):
     decoded a chunk at a time, ahead of the reader in a thread. The outer source
     is the decoder's until this one is read to its end or closed."""
 
-    def __init__(self, outer: ByteSource, decompressor: Decompressor, method: str):
-        self.method = method
+    def __init__(self, outer: ByteSource, method: Compression, head: bytes):
+        from nbic.cpio.compress import Compression, ZstdFrameReader, decompressor_for
+
+        self.method = method.value
         self.start = outer.offset
-        name = f"the {method} segment at {outer.location(outer.offset)}"
+        name = f"the {method.value} segment at {outer.location(outer.offset)}"
         super().__init__(io.BytesIO(), name=name)
         self._size = None
-        self._ahead = _DecodeAhead(_Decoder(outer, decompressor, method, name))
+        decode = ZstdFrameReader(outer, name, CHUNK) if method is Compression.ZSTD \
+            else _Decoder(outer, decompressor_for(method, head), method.value, name)
+        self._ahead = _DecodeAhead(decode)
         self._finalizer = weakref.finalize(self, self._ahead.stop)
 
     def location(self, offset: int) -> str:
