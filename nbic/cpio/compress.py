@@ -556,18 +556,12 @@ class FrameInput(Protocol):
     def unread(self, data: bytes) -> None: ...
 
 
-class ZstdFrameReader:
-    """One zstd frame read from `outer`, decoded by zstandard's stream reader,
-    which decodes straight into the chunk it returns (decompressobj decodes into
-    a buffer and copies that into a growing result: here 10-15% slower). Each
-    call returns at most `limit` bytes, b"" at the frame's end; no more is ever
-    decoded than asked for. The reader is given the frame's bytes and never one
-    past its end, found by walking its headers; what `outer` gave beyond the
-    end goes back to it."""
+class _ZstdFrameInput:
+    """The compressed bytes of one zstd frame from `outer`, for zstandard's stream
+    reader: never a byte past the frame's end, found by walking its headers
+    without copying the input; what `outer` gave beyond the end goes back to it."""
 
     def __init__(self, outer: FrameInput, name: str, limit: int):
-        import zstandard
-
         self._outer = outer
         self._name = name
         self._start = outer.offset
@@ -575,14 +569,10 @@ class ZstdFrameReader:
         self._walk = _ZstdFrameWalk()
         self._carry = b""  # the start of a unit header cut by the end of the last input
         self._next = 0  # where the next unit starts, from the start of the next input
-        self._done = False  # every byte of the frame was handed to the reader
-        self._errors = zstandard.ZstdError
-        # The stream reader needs only this object's read().
-        self._reader = zstandard.ZstdDecompressor().stream_reader(
-            cast("IO[bytes]", self), read_size=limit, read_across_frames=False, closefd=False)
+        self._done = False  # every byte of the frame was handed out
 
     def read(self, size: int) -> bytes:
-        """The frame's next input, for the stream reader (`size` is a hint)."""
+        """The frame's next input (`size` is only a hint)."""
         if self._done:
             return b""
         chunk = self._outer.read_some(self._limit)
@@ -607,6 +597,28 @@ class ZstdFrameReader:
             return chunk[:at] if at < len(chunk) else chunk
         self._next = -len(self._carry) if self._carry else at - len(chunk)
         return chunk
+
+
+class ZstdFrameReader:
+    """One zstd frame read from `outer`, decoded by zstandard's stream reader,
+    which decodes straight into the chunk it returns (decompressobj decodes into
+    a buffer and copies that into a growing result: here 10-15% slower). Each
+    call returns at most `limit` bytes, b"" at the frame's end; no more is ever
+    decoded than asked for. The input is a separate object: the stream reader
+    holds it, and a cycle through the stream reader would never be collected
+    (with its decoder's context and window)."""
+
+    def __init__(self, outer: FrameInput, name: str, limit: int):
+        import zstandard
+
+        self._name = name
+        self._start = outer.offset
+        self._limit = limit
+        self._errors = zstandard.ZstdError
+        # The stream reader needs only the input's read().
+        self._reader = zstandard.ZstdDecompressor().stream_reader(
+            cast("IO[bytes]", _ZstdFrameInput(outer, name, limit)), read_size=limit,
+            read_across_frames=False, closefd=False)
 
     def __call__(self) -> bytes:
         try:
