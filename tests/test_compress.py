@@ -202,10 +202,11 @@ def _zstd_frame(rng: random.Random) -> tuple[bytes, bytes]:
     """Data of every block kind (raw, RLE, compressed) and a frame of it."""
     parts = []
     for _ in range(rng.randrange(0, 8)):
-        kind = rng.randrange(3)
         size = rng.randrange(0, 200_000)
-        parts.append(rng.randbytes(size) if kind == 0 else bytes([rng.randrange(256)]) * size
-                     if kind == 1 else b"nbic %d " % rng.randrange(1000) * (size // 8))
+        incompressible = rng.randbytes(size)
+        one_byte = bytes([rng.randrange(256)]) * size
+        text = b"nbic %d " % rng.randrange(1000) * (size // 8)
+        parts.append(rng.choice((incompressible, one_byte, text)))
     data = b"".join(parts)
     frame = zstandard.ZstdCompressor(level=rng.choice((1, 3, 19)),
                                      write_checksum=rng.random() < 0.5,

@@ -287,10 +287,9 @@ class DecompressedSource(ByteSource):
     is the decoder's until this one is read to its end or closed."""
 
     def __init__(self, outer: ByteSource, method: Compression, head: bytes):
+        # Imported here: the agent reads nothing compressed and need not load the codecs.
         from nbic.cpio.compress import Compression, ZstdFrameReader, decompressor_for
 
-        self.method = method.value
-        self.start = outer.offset
         name = f"the {method.value} segment at {outer.location(outer.offset)}"
         super().__init__(io.BytesIO(), name=name)
         self._size = None
