@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import shutil
 import stat
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,31 @@ PAST = 1_000_000_000  # 2001-09-09: listed with its year
 RECENT = int(time.time()) - 3 * 3600  # listed with its time of day
 
 FILE_SIZES = {"empty": 0, "one": 1, "three": 3, "four": 4, "five": 5, "page": 4097}
+
+
+class ChunkyPipe(io.RawIOBase):
+    """A non-seekable stream whose reads return random amounts: at most the size
+    asked for, or one of `piece_sizes` (to cut headers often), or (`whole_chunks`,
+    as a decoder does) more than asked for."""
+
+    def __init__(self, data: bytes, rng: random.Random, whole_chunks: bool = False,
+                 piece_sizes: Sequence[int] = ()):
+        self._data = data
+        self._rng = rng
+        self._whole = whole_chunks
+        self._pieces = piece_sizes
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self._pieces:
+            take = min(len(self._data), max(1, size), self._rng.choice(self._pieces))
+        else:
+            limit = self._rng.randint(1, 1 << 21) if self._whole else max(1, size)
+            take = min(len(self._data), self._rng.randint(1, limit))
+        chunk, self._data = self._data[:take], self._data[take:]
+        return chunk
 
 
 def need(tool: str) -> str:

@@ -12,6 +12,7 @@ import zlib
 
 import pytest
 import zstandard
+from cpio_helpers import ChunkyPipe
 
 from nbic.cpio import compress
 from nbic.cpio.archive import Member, write_archive
@@ -180,22 +181,8 @@ def test_zero_padding_after_an_lz4_legacy_segment_ends_it():
     assert [entry.name for entry in ImageReader(io.BytesIO(blob))] == ["a", "b"]
 
 
-class Pieces(io.RawIOBase):
-    """A stream that hands out its bytes in small pieces of random size, as a pipe may."""
-
-    def __init__(self, data: bytes, rng: random.Random):
-        self._data = memoryview(data)
-        self._rng = rng
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target) -> int:
-        size = min(len(target), self._rng.choice((1, 2, 3, 5, 17, 64, 1000, 70_000)))
-        piece = self._data[:size]
-        target[: len(piece)] = piece
-        self._data = self._data[len(piece) :]
-        return len(piece)
+# Input pieces as a pipe may hand them out, often small enough to cut a header.
+PIECES = (1, 2, 3, 5, 17, 64, 1000, 70_000)
 
 
 def _zstd_frame(rng: random.Random) -> tuple[bytes, bytes]:
@@ -221,7 +208,7 @@ def test_a_zstd_frame_is_read_to_its_end_and_not_a_byte_beyond(seed):
     rng = random.Random(seed)
     data, frame = _zstd_frame(rng)
     after = rng.randbytes(rng.randrange(0, 100))
-    outer = ByteSource(Pieces(frame + after, rng), "test")
+    outer = ByteSource(ChunkyPipe(frame + after, rng, piece_sizes=PIECES), "test")
     limit = rng.choice((4096, 65536, 1 << 20))
     reader = compress.ZstdFrameReader(outer, "test", limit)
     chunks = list(iter(reader, b""))
@@ -241,7 +228,8 @@ def test_a_cut_or_corrupt_zstd_frame_is_an_error(seed):
     corrupt = bytearray(frame)
     corrupt[rng.randrange(len(frame) // 2, len(frame))] ^= 1 << rng.randrange(8)
     for bad in (cut, bytes(corrupt)):
-        reader = compress.ZstdFrameReader(ByteSource(Pieces(bad, rng), "test"), "test", 4096)
+        outer = ByteSource(ChunkyPipe(bad, rng, piece_sizes=PIECES), "test")
+        reader = compress.ZstdFrameReader(outer, "test", 4096)
         with pytest.raises(CompressionError):
             list(iter(reader, b""))
 

@@ -9,28 +9,10 @@ import io
 import random
 
 import pytest
+from cpio_helpers import ChunkyPipe
 
 from nbic.cpio.source import ByteSource
 from nbic.errors import FormatError
-
-
-class ChunkyPipe(io.RawIOBase):
-    """A non-seekable stream whose reads return random amounts, at most the size
-    asked for, or (`whole_chunks`, as a decoder does) more than that."""
-
-    def __init__(self, data: bytes, rng: random.Random, whole_chunks: bool = False):
-        self._data = data
-        self._rng = rng
-        self._whole = whole_chunks
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        limit = self._rng.randint(1, 1 << 21) if self._whole else max(1, size)
-        take = min(len(self._data), self._rng.randint(1, limit))
-        chunk, self._data = self._data[:take], self._data[take:]
-        return chunk
 
 
 def _source(data: bytes, kind: str, rng: random.Random) -> ByteSource:
