@@ -81,8 +81,9 @@ def markdown(results: list[Result], skipped: list[str], started_at: str, n: int)
         f"- machine: {os.cpu_count()} cores, kernel {platform.release()}, "
         f"Python {platform.python_version()}",
         f"- wall time: best of {n} runs with `time.perf_counter` (after one untimed "
-        "warm-up run, unless a note says otherwise); nbic and its peers run in turn, "
-        "round by round, so a change in the machine's load reaches both",
+        "warm-up run, unless a note says otherwise); where a note says \"in turn\", "
+        "nbic and its peers ran round by round, so a change in the machine's load "
+        "reached both",
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "|".join("---" for _ in HEADER) + "|",
