@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from nbic import engine, progress, serial
-from nbic.agent.protocol import IMPORT_DIR, Request, Task
+from nbic import engine, progress
+from nbic.agent.protocol import IMPORT_DIR, Request, Task, agent_command
 from nbic.cache import user_cache
 from nbic.cpio.archive import Member, order
 from nbic.cpio.entry import FileType
@@ -44,7 +44,7 @@ VOLUME_PREFIX = "nbic-rootfs-"
 # layout is imported anew (and `nbic gc` removes the old one). 2: index.json.
 VOLUME_LAYOUT = "2"
 # Sessions read the rootfs's index instead of walking it (nbic.agent.rootfs_index).
-INDEX_COMMAND = ["python3", "-m", "nbic.agent", serial.dumps(Request(Task.INDEX))]
+INDEX_COMMAND = agent_command(Request(Task.INDEX))
 ROOTFS_IMAGE_REPOSITORY = "nbic-rootfs"  # images built from dockerfile: sources
 
 

@@ -41,6 +41,7 @@ from nbic.agent.protocol import (
     Session,
     Task,
     Tracer,
+    agent_command,
     spec_input,
 )
 from nbic.cpio.compress import CompressionSpec, compressed_writer
@@ -84,10 +85,6 @@ class RunResult:
     result: Result
     image_bytes: int | None  # compressed size (None on standard output)
     raw_bytes: int  # uncompressed size
-
-
-def agent_command(request: Request) -> list[str]:
-    return ["python3", "-m", "nbic.agent", serial.dumps(request)]
 
 
 def _inputs(config: RunConfig) -> dict[str, Path]:

@@ -88,24 +88,32 @@ class Tree(abc.ABC):
                 current = current.rsplit("/", 1)[0] if "/" in current else ""
                 continue
             name = f"{current}/{part}" if current else part
-            entry = self.entries.get(name)
-            if entry is None:
+            found = self._walk_info(name)
+            if found is None:
                 return Resolution(None, tuple(via))
-            if entry.type is FileType.SYMLINK and (pending or follow_last):
+            kind, linkname = found
+            if kind is FileType.SYMLINK and (pending or follow_last):
                 hops += 1
                 if hops > MAX_SYMLINK_HOPS:
                     return Resolution(None, tuple(via))
                 via.append(name)
-                if entry.linkname.startswith("/"):
+                if linkname.startswith("/"):
                     current = ""
-                pending.extendleft(reversed(split_path(entry.linkname)))
+                pending.extendleft(reversed(split_path(linkname)))
                 continue
             if pending:
-                if entry.type is not FileType.DIR:
+                if kind is not FileType.DIR:
                     return Resolution(None, tuple(via))
                 via.append(name)
             current = name
         return Resolution(current or ".", tuple(via))
+
+    def _walk_info(self, name: str) -> tuple[FileType, str] | None:
+        """What resolve() needs of an entry: its type and link target (an index
+        tells them without making an Entry; resolving all of a rootfs's
+        symlinks for each image would make a thousand)."""
+        entry = self.entries.get(name)
+        return None if entry is None else (entry.type, entry.linkname)
 
     def hardlink_names(self, name: str) -> list[str]:
         entry = self.entries.get(name)

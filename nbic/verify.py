@@ -33,6 +33,7 @@ from nbic.agent.protocol import (
     Result,
     Session,
     Task,
+    agent_command,
 )
 from nbic.cpio.entry import FileType
 from nbic.cpio.image import open_image
@@ -56,10 +57,6 @@ class VerifyConfig:
     script: str | None = None
     command: tuple[str, ...] = ()
     rootfs: str | None = None
-
-
-def agent_command(request: Request) -> list[str]:
-    return ["python3", "-m", "nbic.agent", serial.dumps(request)]
 
 
 def verify(config: VerifyConfig) -> Replay:

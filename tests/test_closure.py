@@ -281,3 +281,28 @@ def test_the_merged_tree_from_an_index_equals_a_walk(tmp_path):
     untouched = [name for name in walked if name not in ("etc", "etc/new", "usr/bin/cat")]
     assert [entries[name] for name in untouched] == [walked[name] for name in untouched]
     assert set(tree.symlinks()) == symlinks
+
+
+def test_an_index_resolves_every_path_as_a_walk_does(tmp_path):
+    """Resolution reads an index's rows without making Entries of them; it must
+    still land where a walked tree's does: loops, escapes, dangling links, a
+    link through a file, `..` in and below links."""
+    from nbic.agent.rootfs_index import IndexTree, read_index, write_index
+
+    lower = make_rootfs(tmp_path / "lower")
+    (lower / "dangling").symlink_to("/no/such/file")
+    (lower / "through-file").symlink_to("etc/hostname/x")
+    (lower / "usr/bin/up").symlink_to("../../lib64/../etc")
+    index = tmp_path / "index.json"
+    write_index(str(lower), str(index))
+    walked = DirTree(lower)
+    indexed = IndexTree(str(lower), read_index(str(index)))
+    paths = [*walked.entries, "/", "bin/up/hostname", "lib/../bin/awk", "usr/bin/up/..",
+             "etc/escape/x", "var/run/..", "no/such"]
+    for path in paths:
+        for follow_last in (True, False):
+            assert indexed.resolve(path, follow_last=follow_last) == \
+                walked.resolve(path, follow_last=follow_last), (path, follow_last)
+    # `..` after a link is the link target's parent, as in the kernel.
+    assert walked.resolve("lib/../bin/awk").target == "usr/bin/mawk"
+    assert walked.resolve("bin/up/hostname").target is None  # usr/etc/hostname

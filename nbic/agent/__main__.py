@@ -1,4 +1,5 @@
-"""`python3 -m nbic.agent REQUEST_JSON`: the agent's recipes, inside the container.
+"""The agent, inside the container: `python3 -m nbic.agent REQUEST_JSON` (the
+host starts it as protocol.agent_command says). Its recipes:
 
 session:      overlay the rootfs -> trace the session -> closure of what it used
               -> the image (newc) -> replay the check on it (and --fix) -> report
@@ -20,6 +21,7 @@ import time
 import traceback
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
+from typing import NoReturn
 
 from nbic import serial
 from nbic.agent import chroot, mounts
@@ -402,10 +404,15 @@ def main(argv: list[str]) -> int:
     return 0 if result.ok else 2
 
 
-if __name__ == "__main__":
+def run() -> NoReturn:
+    """The agent's process (protocol.agent_command): REQUEST_JSON is argv[1]."""
     status = main(sys.argv)
     sys.stdout.flush()
     sys.stderr.flush()
     # The container ends with this process: the interpreter's teardown of every
     # module would only delay the host, which waits for the container to go.
     os._exit(status)
+
+
+if __name__ == "__main__":
+    run()

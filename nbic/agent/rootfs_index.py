@@ -61,6 +61,17 @@ class IndexEntries(MutableMapping[str, Entry]):
                 rdevminor=item[9], link_key=item[10])
         return item
 
+    def get(self, name: str, default: Entry | None = None) -> Entry | None:  # type: ignore[override]
+        return self[name] if name in self._items else default
+
+    def walk_info(self, name: str) -> tuple[FileType, str] | None:
+        """An entry's type and link target, without making it an Entry."""
+        item = self._items.get(name)
+        if item is None:
+            return None
+        return (_TYPES[item[1]], item[7]) if isinstance(item, list) else \
+            (item.type, item.linkname)
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 
@@ -94,6 +105,9 @@ class IndexTree(DirTree):
 
     def symlinks(self) -> Iterator[str]:
         return self.entries.symlinks()
+
+    def _walk_info(self, name: str) -> tuple[FileType, str] | None:
+        return self.entries.walk_info(name)
 
 
 def read_index(path: str) -> IndexEntries:
