@@ -17,20 +17,21 @@ import os
 import stat
 import sys
 import tarfile
-import tempfile
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from nbic.cpio.entry import Entry, FileType, ancestors, split_path
 from nbic.cpio.newc import PATH_MAX
 from nbic.cpio.spec import escape_location, root_location
 from nbic.errors import FormatError, RootfsError
 from nbic.tarstream import entry_from_tarinfo
+
+if TYPE_CHECKING:
+    from pathlib import Path  # annotations only: pathlib is 3 ms of the agent's start
 
 log = logging.getLogger("nbic")
 
@@ -163,8 +164,8 @@ class DirTree(Tree):
     """
 
     def __init__(self, root: str | Path, entries: MutableMapping[str, Entry] | None = None):
-        self.root = Path(root).resolve()
-        if not self.root.is_dir():
+        self.root = os.path.realpath(root)
+        if not os.path.isdir(self.root):
             raise RootfsError(f"rootfs {root} is not a directory")
         super().__init__(_walk(self.root) if entries is None else entries,
                          f"directory {self.root}")
@@ -210,9 +211,9 @@ def _close_all(dirs: list[tuple[str, int]], keep: int = 0) -> None:
         os.close(dirs.pop()[1])
 
 
-def _walk(root: Path) -> dict[str, Entry]:
+def _walk(root: str) -> dict[str, Entry]:
     entries: dict[str, Entry] = {}
-    stack = [("", str(root))]
+    stack = [("", root)]
     while stack:
         prefix, directory = stack.pop()
         try:
@@ -471,6 +472,8 @@ class TarTree(Tree):
         if str(path) == "-":
             # A pipe can be read once; keep a copy (compressed, as given) so the
             # data pass can run after the index pass.
+            import tempfile  # here: the agent, which reads no tar, should not pay for it
+
             spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
             while chunk := sys.stdin.buffer.read(1 << 20):
                 spool.write(chunk)
@@ -552,6 +555,8 @@ class TarTree(Tree):
         if not wanted:
             return
         if self._spool is None:
+            import tempfile  # as in _open_source
+
             self._spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
         try:
             with self._open_stream() as members:
@@ -640,12 +645,11 @@ def open_tree(source: str | Path) -> Tree:
     text = str(source)
     if text == "-":
         return TarTree("-")
-    path = Path(source)
-    if path.is_dir():
-        return DirTree(path)
-    if not path.exists():
+    if os.path.isdir(source):
+        return DirTree(source)
+    if not os.path.exists(source):
         raise RootfsError(f"rootfs {source} does not exist")
-    if path.is_file():
-        return TarTree(path)
+    if os.path.isfile(source):
+        return TarTree(source)
     raise RootfsError(f"rootfs {source} is neither a directory nor a tar file")
 

@@ -1,6 +1,7 @@
 """The closure: what nbic adds around a file list, resolved inside the rootfs."""
 
 import logging
+from pathlib import Path
 
 import pytest
 from rootfs_factory import LIBDIR, make_rootfs, make_tar
@@ -78,13 +79,13 @@ def test_init_option_and_rootfs_init(tree, tmp_path):
     selection = select(tree, [], Selection(init_mode=InitMode.PATH, init_path="/bin/cat"))
     assert selection.entries["init"].linkname == "/usr/bin/cat"
     assert "bin" in selection.entries
-    (tree.root / "init").write_text("#!/bin/sh\n")
+    (Path(tree.root) / "init").write_text("#!/bin/sh\n")
     selection = select(DirTree(tree.root), [], Selection())
     assert selection.entries["init"].type is FileType.FILE
 
 
 def test_no_init_is_a_clear_error(tree):
-    (tree.root / "chroot").unlink()
+    (Path(tree.root) / "chroot").unlink()
     with pytest.raises(RootfsError, match="no /init"):
         select(DirTree(tree.root), [], Selection())
     with pytest.raises(RootfsError, match="--init /nope"):
@@ -149,7 +150,7 @@ def test_extra_device_gets_synthesized_parents(tree):
 
 
 def test_tar_tree_selects_like_the_directory(tree, tmp_path):
-    tar_tree = TarTree(make_tar(tree.root, tmp_path / "rootfs.tar"))
+    tar_tree = TarTree(make_tar(Path(tree.root), tmp_path / "rootfs.tar"))
     wanted = ["/bin/bash", "/usr/bin/perl", f"/{LIBDIR}/libtinfo.so.6.4"]
     from_dir = select(tree, wanted, Selection()).entries
     from_tar = select(tar_tree, wanted, Selection()).entries
@@ -187,7 +188,7 @@ def test_init_none_makes_a_segment_without_boot_entries(tree):
 
 
 def test_a_session_boots_itself_when_the_rootfs_has_no_init(tree, tmp_path):
-    (tree.root / "chroot").unlink()
+    (Path(tree.root) / "chroot").unlink()
     rootfs = DirTree(tree.root)
     script = tmp_path / "script"
     script.write_text("#!/bin/sh\necho hi\n")
@@ -208,8 +209,8 @@ def test_devices_the_session_opened(tree):
 
 
 def test_pseudo_filesystems_give_only_their_mount_points(tree):
-    (tree.root / "proc/self").mkdir(parents=True)
-    (tree.root / "proc/self/status").write_text("x")
+    (Path(tree.root) / "proc/self").mkdir(parents=True)
+    (Path(tree.root) / "proc/self/status").write_text("x")
     rootfs = DirTree(tree.root)
     image = plan(rootfs, Selection(), used=[Wanted("/proc/self/status", "traced"),
                                             Wanted("/dev/pts/0", "traced")])
@@ -217,7 +218,7 @@ def test_pseudo_filesystems_give_only_their_mount_points(tree):
 
 
 def test_cpython_caches_bring_their_sources(tree):
-    pydir = tree.root / "usr/lib/python3.11"
+    pydir = Path(tree.root) / "usr/lib/python3.11"
     (pydir / "json/__pycache__").mkdir(parents=True)
     (pydir / "lib-dynload").mkdir()
     for name in ("os.py", "json/__init__.py", "json/__pycache__/__init__.cpython-311.pyc",

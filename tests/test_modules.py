@@ -3,6 +3,7 @@ the index files, from a rootfs shaped like Debian's (modules built here with
 gcc as ELF objects with a real .modinfo section)."""
 
 import subprocess
+from pathlib import Path
 
 import pytest
 from rootfs_factory import make_rootfs
@@ -70,7 +71,7 @@ def test_globs_over_module_paths_and_builtin_names(tree):
 
 
 def test_several_releases_need_a_choice(tree):
-    (tree.root / "usr/lib/modules/6.1.0-98-amd64").mkdir()
+    (Path(tree.root) / "usr/lib/modules/6.1.0-98-amd64").mkdir()
     with pytest.raises(UsageError, match="--kernel-release"):
         closure(DirTree(tree.root), ("e1000",), None)
 
@@ -87,7 +88,7 @@ def test_modules_go_into_the_image_through_the_selection(tree):
 def test_the_kernel_of_the_modules_is_the_rootfs_boot_vmlinuz_of_their_release(tree):
     with pytest.raises(RootfsError, match=f"no /boot/vmlinuz-{KVER} in .*install its package"):
         kernel_image(tree, None)
-    (tree.root / "boot").mkdir()
-    (tree.root / "boot" / f"vmlinuz-{KVER}").write_bytes(b"kernel")
-    (tree.root / "boot" / "vmlinuz-5.10.0-1-amd64").write_bytes(b"another kernel")
+    (Path(tree.root) / "boot").mkdir()
+    (Path(tree.root) / "boot" / f"vmlinuz-{KVER}").write_bytes(b"kernel")
+    (Path(tree.root) / "boot" / "vmlinuz-5.10.0-1-amd64").write_bytes(b"another kernel")
     assert kernel_image(DirTree(tree.root), None) == (KVER, f"boot/vmlinuz-{KVER}")
