@@ -41,8 +41,9 @@ DEFAULT_SOURCE = "debootstrap:bookworm"
 DEFAULT_MIRROR = os.environ.get("NBIC_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 VOLUME_PREFIX = "nbic-rootfs-"
 # What a volume holds besides rootfs/ and the ready mark; a volume of another
-# layout is imported anew (and `nbic gc` removes the old one). 2: index.json.
-VOLUME_LAYOUT = "2"
+# layout is imported anew (and `nbic gc` removes the old one). 2: index.json;
+# 3: the index as NUL-separated text (nbic.agent.rootfs_index).
+VOLUME_LAYOUT = "3"
 # Sessions read the rootfs's index instead of walking it (nbic.agent.rootfs_index).
 INDEX_COMMAND = agent_command(Request(Task.INDEX))
 ROOTFS_IMAGE_REPOSITORY = "nbic-rootfs"  # images built from dockerfile: sources

@@ -307,3 +307,36 @@ def test_an_index_resolves_every_path_as_a_walk_does(tmp_path):
     # `..` after a link is the link target's parent, as in the kernel.
     assert walked.resolve("lib/../bin/awk").target == "usr/bin/mawk"
     assert walked.resolve("bin/up/hostname").target is None  # usr/etc/hostname
+
+
+def test_an_index_keeps_every_field_of_awkward_names(tmp_path):
+    """The index is NUL- and \\x01-separated text: names and link targets that hold
+    \\x01, newlines or bytes that are not UTF-8 come back as they were, with the
+    hardlink groups; a cut index is refused."""
+    import os
+
+    from nbic.agent.rootfs_index import read_index, write_index
+    from nbic.errors import NbicError
+
+    lower = make_rootfs(tmp_path / "lower")
+    odd = os.fsencode(lower) + b"/etc/a\x01b\nc\xff"
+    with open(odd, "wb") as out:
+        out.write(b"x")
+    os.symlink(b"target\x01with\x01fields\xfe", os.fsencode(lower) + b"/etc/link\x01")
+    os.link(odd, os.fsencode(lower) + b"/etc/hard\x01link")
+    index = tmp_path / "index"
+    write_index(str(lower), str(index))
+    walked = DirTree(lower).entries
+    entries = read_index(str(index))
+    target = os.fsdecode(b"target\x01with\x01fields\xfe")
+    assert entries.walk_info("etc/link\x01") == (FileType.SYMLINK, target)  # from the row
+    assert [entries[name] for name in walked] == list(walked.values())
+    assert entries["etc/link\x01"].linkname == target
+    assert entries.walk_info("etc/link\x01") == (FileType.SYMLINK, target)  # from the Entry
+    groups = {entry.link_key for entry in walked.values() if entry.link_key}
+    assert len({entries[name].link_key for name, entry in walked.items()
+                if entry.link_key}) == len(groups) == 2  # perl's and the odd file's
+    index.write_text(index.read_text(errors="surrogateescape").rsplit("\0", 1)[0],
+                     errors="surrogateescape")
+    with pytest.raises(NbicError, match="damaged"):
+        read_index(str(index))

@@ -15,50 +15,66 @@ looks up a few hundred.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import stat
 from collections.abc import Iterator, MutableMapping
-from typing import Any
 
 from nbic.cpio.entry import Entry, FileType
+from nbic.errors import NbicError
 from nbic.tree import DirTree, _entry_from_stat
 
-INDEX_FILE = "index.json"  # beside rootfs/ in a cache volume
+INDEX_FILE = "index"  # beside rootfs/ in a cache volume
 _OPAQUE = (b"trusted.overlay.opaque", b"user.overlay.opaque")
 
 
 def write_index(root: str, path: str) -> int:
     """Index the rootfs at `root` into `path`; returns the number of entries."""
     entries = DirTree(root).entries
-    rows = [[entry.name, int(entry.type), entry.perm, entry.uid, entry.gid, entry.mtime,
-             entry.size, entry.linkname, entry.rdevmajor, entry.rdevminor,
-             None if entry.link_key is None else repr(entry.link_key)]
-            for entry in entries.values()]
     temporary = f"{path}.tmp"
     with open(temporary, "w", encoding="utf-8", errors="surrogateescape") as out:
-        json.dump(rows, out, separators=(",", ":"))
+        out.write(RECORD.join(f"{entry.name}{RECORD}{_row(entry)}" for entry in entries.values()))
     os.replace(temporary, path)
-    return len(rows)
+    return len(entries)
 
 
-_TYPES = {int(kind): kind for kind in FileType}  # faster than FileType(n), per row
-_SYMLINK = int(FileType.SYMLINK)
+# The index is one text: name, row, name, row... separated by NUL, which no
+# name or link target holds. A row is the entry's fields joined by \x01: first
+# its type as one character (resolving a path reads the types of the names on
+# its way without parsing their rows), last its link target (the one field
+# that may hold \x01). Reading it is one split, some 0.2 us a row where JSON
+# took 0.7 (bookworm's 6770 rows: 1.5 ms, not 5); a row is parsed when first
+# looked up, and a session looks up a few hundred.
+RECORD = "\0"
+FIELD = "\x01"
+_FIELDS = 10
+_CODES = {FileType.FILE: "-", FileType.DIR: "d", FileType.SYMLINK: "l", FileType.CHAR: "c",
+          FileType.BLOCK: "b", FileType.FIFO: "p", FileType.SOCKET: "s"}
+_TYPES = {code: kind for kind, code in _CODES.items()}
+_SYMLINK_CODE = _CODES[FileType.SYMLINK]
+
+
+def _row(entry: Entry) -> str:
+    key = "" if entry.link_key is None else repr(entry.link_key)
+    return FIELD.join(map(str, (_CODES[entry.type], entry.perm, entry.uid, entry.gid,
+                                entry.mtime, entry.size, entry.rdevmajor, entry.rdevminor, key,
+                                entry.linkname)))
 
 
 class IndexEntries(MutableMapping[str, Entry]):
     """An index's entries by name, each row made an Entry when first looked up."""
 
-    def __init__(self, rows: list[list[Any]]):
-        self._items: dict[str, Entry | list[Any]] = {row[0]: row for row in rows}
+    def __init__(self, rows: dict[str, Entry | str]):
+        self._items = rows
 
     def __getitem__(self, name: str) -> Entry:
         item = self._items[name]
-        if isinstance(item, list):
+        if isinstance(item, str):
+            kind, perm, uid, gid, mtime, size, major, minor, key, linkname = \
+                item.split(FIELD, _FIELDS - 1)
             item = self._items[name] = Entry(
-                item[0], _TYPES[item[1]], perm=item[2], uid=item[3], gid=item[4],
-                mtime=item[5], size=item[6], linkname=item[7], rdevmajor=item[8],
-                rdevminor=item[9], link_key=item[10])
+                name, _TYPES[kind], perm=int(perm), uid=int(uid), gid=int(gid),
+                mtime=int(mtime), size=int(size), linkname=linkname, rdevmajor=int(major),
+                rdevminor=int(minor), link_key=key or None)
         return item
 
     def get(self, name: str, default: Entry | None = None) -> Entry | None:  # type: ignore[override]
@@ -69,8 +85,10 @@ class IndexEntries(MutableMapping[str, Entry]):
         item = self._items.get(name)
         if item is None:
             return None
-        return (_TYPES[item[1]], item[7]) if isinstance(item, list) else \
-            (item.type, item.linkname)
+        if isinstance(item, Entry):
+            return item.type, item.linkname
+        kind = _TYPES[item[0]]
+        return kind, item.split(FIELD, _FIELDS - 1)[-1] if kind is FileType.SYMLINK else ""
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
@@ -90,7 +108,7 @@ class IndexEntries(MutableMapping[str, Entry]):
     def symlinks(self) -> Iterator[str]:
         """The names of the symlinks, told from the rows without making Entries."""
         for name, item in self._items.items():
-            if (item[1] == _SYMLINK) if isinstance(item, list) else \
+            if item[0] == _SYMLINK_CODE if isinstance(item, str) else \
                     item.type is FileType.SYMLINK:
                 yield name
 
@@ -112,7 +130,13 @@ class IndexTree(DirTree):
 
 def read_index(path: str) -> IndexEntries:
     with open(path, encoding="utf-8", errors="surrogateescape") as stream:
-        return IndexEntries(json.load(stream))
+        text = stream.read()
+    fields = text.split(RECORD) if text else []
+    if len(fields) % 2:
+        raise NbicError(f"the rootfs index {path} is damaged: remove the volume "
+                        "(`nbic rootfs rm` or `nbic gc`) and run again")
+    rows: dict[str, Entry | str] = dict(zip(fields[::2], fields[1::2], strict=True))
+    return IndexEntries(rows)
 
 
 def merged_tree(merged: str, index: str, upper: str) -> IndexTree:
