@@ -15,12 +15,15 @@ developer machine but fail under CI (``CI`` or ``NBIC_TEST_DOCKER`` set; ci/test
 sets the latter after ci/setup has started the engine).
 """
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
+
+from nbic import engine
 
 # NBIC_TEST_TAG and NBIC_TEST_COMPOSE_PROJECT keep concurrent test runs (one per
 # checkout) from sharing compose services and image tags.
@@ -90,7 +93,17 @@ def docker_engine(request: pytest.FixtureRequest) -> Iterator[docker.DockerClien
         return bool(containers)
 
     services.wait_until_responsive(check=builder_running, timeout=60.0, pause=0.5)
+    base = str(request.getfixturevalue("tmp_path_factory").getbasetemp())
+    before = {volume.name for volume in client.volumes.list(filters={"label": "nbic.source"})}
     try:
         yield client
     finally:
+        # The rootfs volumes this run imported from its own temporary directories
+        # and tars: nothing will use them again (the CI rootfs's are kept).
+        for volume in client.volumes.list(filters={"label": "nbic.source"}):
+            source = (volume.attrs.get("Labels") or {}).get("nbic.source", "")
+            if volume.name not in before and source.startswith(base):
+                engine.wait_for_ended_users(client, volume.name)  # sessions remove themselves
+                with contextlib.suppress(docker.errors.APIError):  # still in use: kept
+                    volume.remove()
         client.close()
