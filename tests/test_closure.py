@@ -336,7 +336,15 @@ def test_an_index_keeps_every_field_of_awkward_names(tmp_path):
     groups = {entry.link_key for entry in walked.values() if entry.link_key}
     assert len({entries[name].link_key for name, entry in walked.items()
                 if entry.link_key}) == len(groups) == 2  # perl's and the odd file's
-    index.write_text(index.read_text(errors="surrogateescape").rsplit("\0", 1)[0],
-                     errors="surrogateescape")
+    text = index.read_text(errors="surrogateescape")
+    index.write_text(text.rsplit("\0", 1)[0], errors="surrogateescape")  # a row gone
     with pytest.raises(NbicError, match="damaged"):
         read_index(str(index))
+    head = text.rpartition("\0")[0]
+    index.write_text(f"{head}\0-\x01644", errors="surrogateescape")  # a row cut short
+    with pytest.raises(NbicError, match="damaged"):
+        read_index(str(index))[head.rpartition("\0")[2]]
+    index.write_text(text.replace("\0usr/bin\0d\x01", "\0usr/bin\0?\x01"),
+                     errors="surrogateescape")
+    with pytest.raises(NbicError, match="damaged"):
+        read_index(str(index)).walk_info("usr/bin")  # a type it does not know

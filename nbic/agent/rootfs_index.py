@@ -63,18 +63,22 @@ def _row(entry: Entry) -> str:
 class IndexEntries(MutableMapping[str, Entry]):
     """An index's entries by name, each row made an Entry when first looked up."""
 
-    def __init__(self, rows: dict[str, Entry | str]):
+    def __init__(self, rows: dict[str, Entry | str], path: str):
         self._items = rows
+        self._path = path  # named when a row turns out damaged
 
     def __getitem__(self, name: str) -> Entry:
         item = self._items[name]
         if isinstance(item, str):
-            kind, perm, uid, gid, mtime, size, major, minor, key, linkname = \
-                item.split(FIELD, _FIELDS - 1)
-            item = self._items[name] = Entry(
-                name, _TYPES[kind], perm=int(perm), uid=int(uid), gid=int(gid),
-                mtime=int(mtime), size=int(size), linkname=linkname, rdevmajor=int(major),
-                rdevminor=int(minor), link_key=key or None)
+            try:
+                kind, perm, uid, gid, mtime, size, major, minor, key, linkname = \
+                    item.split(FIELD, _FIELDS - 1)
+                item = self._items[name] = Entry(
+                    name, _TYPES[kind], perm=int(perm), uid=int(uid), gid=int(gid),
+                    mtime=int(mtime), size=int(size), linkname=linkname,
+                    rdevmajor=int(major), rdevminor=int(minor), link_key=key or None)
+            except (ValueError, KeyError):
+                raise damaged(self._path) from None
         return item
 
     def get(self, name: str, default: Entry | None = None) -> Entry | None:  # type: ignore[override]
@@ -87,7 +91,9 @@ class IndexEntries(MutableMapping[str, Entry]):
             return None
         if isinstance(item, Entry):
             return item.type, item.linkname
-        kind = _TYPES[item[0]]
+        kind = _TYPES.get(item[:1])
+        if kind is None:
+            raise damaged(self._path)
         return kind, item.split(FIELD, _FIELDS - 1)[-1] if kind is FileType.SYMLINK else ""
 
     def __contains__(self, name: object) -> bool:
@@ -108,7 +114,7 @@ class IndexEntries(MutableMapping[str, Entry]):
     def symlinks(self) -> Iterator[str]:
         """The names of the symlinks, told from the rows without making Entries."""
         for name, item in self._items.items():
-            if item[0] == _SYMLINK_CODE if isinstance(item, str) else \
+            if item[:1] == _SYMLINK_CODE if isinstance(item, str) else \
                     item.type is FileType.SYMLINK:
                 yield name
 
@@ -133,10 +139,15 @@ def read_index(path: str) -> IndexEntries:
         text = stream.read()
     fields = text.split(RECORD) if text else []
     if len(fields) % 2:
-        raise NbicError(f"the rootfs index {path} is damaged: remove the volume "
-                        "(`nbic rootfs rm` or `nbic gc`) and run again")
+        raise damaged(path)
     rows: dict[str, Entry | str] = dict(zip(fields[::2], fields[1::2], strict=True))
-    return IndexEntries(rows)
+    return IndexEntries(rows, path)
+
+
+def damaged(path: str) -> NbicError:
+    """A cut or garbled index (told as it is read: rows are parsed when looked up)."""
+    return NbicError(f"the rootfs index {path} is damaged: remove the volume "
+                     "(`nbic rootfs rm` or `nbic gc`) and run again")
 
 
 def merged_tree(merged: str, index: str, upper: str) -> IndexTree:
